@@ -1,0 +1,230 @@
+"""Chat turns: build the prompt from a stored conversation, stream a reply and save it as it grows.
+
+The TUI and `chatty ask` both go through ChatService, so a reply is saved the same way whichever
+interface produced it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from chatty.backends import Backend, Generation, GenerationParams, GenerationStats
+from chatty.config import Config
+from chatty.errors import ChattyError, ContextOverflow
+from chatty.runtime import Runtime, RuntimeChoice
+from chatty.store import Conversation, Store, StoredMessage
+
+log = logging.getLogger(__name__)
+
+# A streaming reply is written to the database at least this often, so a crash loses at most this much.
+SAVE_INTERVAL_SECONDS = 1.0
+DEFAULT_TITLE = "New chat"
+TITLE_LENGTH = 60
+
+
+@dataclass(frozen=True)
+class PromptPlan:
+    """The messages sent to the model after fitting the conversation into the context window."""
+
+    messages: list[dict]
+    prompt_ids: list[int]
+    dropped_turns: int
+    max_tokens: int
+
+
+class Reply:
+    """A reply being generated and saved. Iterate it (on a worker thread) for the text pieces.
+
+    The assistant message is already in the database, with status 'interrupted' until the reply
+    ends; iteration saves the text at least every SAVE_INTERVAL_SECONDS and then the final status.
+    """
+
+    def __init__(self, store: Store, message: StoredMessage, user_message: StoredMessage, generation: Generation, plan: PromptPlan):
+        self.store = store
+        self.message = message
+        self.user_message = user_message
+        self.generation = generation
+        self.plan = plan
+        self.text = ""
+        self.status = "interrupted"
+        self.error: str | None = None
+
+    @property
+    def stats(self) -> GenerationStats | None:
+        return self.generation.stats
+
+    def cancel(self) -> None:
+        self.generation.cancel()
+
+    def __iter__(self) -> Iterator[str]:
+        last_save = time.monotonic()
+        try:
+            for piece in self.generation:
+                self.text += piece
+                yield piece
+                if time.monotonic() - last_save >= SAVE_INTERVAL_SECONDS:
+                    self.store.update_message(self.message.id, content=self.text)
+                    last_save = time.monotonic()
+        except Exception as error:
+            self._fail(error)
+            raise
+        self._finish()
+
+    def _finish(self) -> None:
+        stats = self.generation.stats
+        self.status = "stopped" if stats and stats.stop_reason == "cancelled" else "complete"
+        self.store.update_message(
+            self.message.id,
+            content=self.text,
+            status=self.status,
+            prompt_tokens=stats.prompt_tokens if stats else None,
+            completion_tokens=stats.completion_tokens if stats else None,
+            tokens_per_second=round(stats.tokens_per_second, 2) if stats else None,
+        )
+
+    def _fail(self, error: Exception) -> None:
+        """Record a failed reply: with no text yet, remove the turn so the prompt can be sent again."""
+        self.status = "error"
+        self.error = str(error)
+        log.error("reply %d in conversation %d failed: %s", self.message.id, self.message.conversation_id, error, exc_info=error)
+        if not self.text:
+            self.store.delete_message(self.message.id)
+            self.store.delete_message(self.user_message.id)
+        else:
+            self.store.update_message(self.message.id, content=self.text, status="error", error=self.error)
+
+
+class ChatService:
+    """Conversations and replies on top of the store and the active runtime."""
+
+    def __init__(self, config: Config, store: Store, runtime: Runtime):
+        self.config = config
+        self.store = store
+        self.runtime = runtime
+
+    def new_conversation(self, title: str = DEFAULT_TITLE) -> Conversation:
+        defaults = self.config.generation
+        choice = self.runtime.choice
+        return self.store.create_conversation(
+            title=title,
+            system_prompt=defaults.system_prompt,
+            model=choice.model if choice else None,
+            backend=choice.backend if choice else None,
+            adapter=choice.adapter if choice else None,
+            params={"temperature": defaults.temperature, "top_p": defaults.top_p, "max_tokens": defaults.max_tokens},
+        )
+
+    def params_for(self, conversation: Conversation) -> GenerationParams:
+        defaults = self.config.generation
+        params = conversation.params
+        return GenerationParams(
+            temperature=float(params.get("temperature", defaults.temperature)),
+            top_p=float(params.get("top_p", defaults.top_p)),
+            max_tokens=int(params.get("max_tokens", defaults.max_tokens)),
+            seed=params.get("seed"),
+        )
+
+    def history(self, conversation: Conversation) -> list[dict]:
+        """Return the conversation as chat messages: the system prompt, then every kept turn.
+
+        Replies that failed before producing text are left out; stopped and interrupted replies
+        count with the text they have.
+        """
+        messages = []
+        if conversation.system_prompt.strip():
+            messages.append({"role": "system", "content": conversation.system_prompt})
+        for message in self.store.messages(conversation.id):
+            if message.role == "system" or not message.content:
+                continue
+            messages.append(message.as_chat())
+        return messages
+
+    def plan_prompt(self, backend: Backend, messages: list[dict], max_tokens: int) -> PromptPlan:
+        """Drop the oldest turns until the prompt and the reply fit the context window.
+
+        The system prompt and the last user message are always kept. When even they leave no
+        room for max_tokens, the reply gets what room there is; when they do not fit at all,
+        ContextOverflow is raised.
+        """
+        n_ctx = backend.context_length
+        system = messages[:1] if messages and messages[0]["role"] == "system" else []
+        turns = _split_turns(messages[len(system) :])
+
+        def prompt_for(first_turn: int) -> list[dict]:
+            return system + [message for turn in turns[first_turn:] for message in turn]
+
+        # Binary search for the fewest dropped turns that fit: the token count falls as turns drop.
+        low, high = 0, len(turns) - 1
+        while low < high:
+            middle = (low + high) // 2
+            if backend.count_tokens(prompt_for(middle)) + max_tokens <= n_ctx:
+                high = middle
+            else:
+                low = middle + 1
+        kept = prompt_for(low)
+        prompt_ids = backend.tokenize_prompt(kept)
+        room = n_ctx - len(prompt_ids)
+        if room < 1:
+            raise ContextOverflow(
+                f"The message is too long: the prompt needs {len(prompt_ids)} tokens but the context window holds {n_ctx}. "
+                "Shorten the message or the system prompt, or raise [model] n_ctx."
+            )
+        return PromptPlan(kept, prompt_ids, low, min(max_tokens, room))
+
+    def reply(self, conversation_id: int, text: str) -> Reply:
+        """Save the user's message and start the reply.
+
+        Raises ChattyError for an empty message and ContextOverflow for one that cannot fit; in
+        both cases nothing is saved.
+        """
+        if not text.strip():
+            raise ChattyError("The message is empty. Type something to send.")
+        backend = self.runtime.backend
+        if backend is None:
+            backend = self.runtime.load()
+        choice: RuntimeChoice = self.runtime.choice
+        conversation = self.store.get_conversation(conversation_id)
+        params = self.params_for(conversation)
+
+        messages = self.history(conversation) + [{"role": "user", "content": text}]
+        plan = self.plan_prompt(backend, messages, params.max_tokens)
+        if plan.dropped_turns:
+            log.info("conversation %d: %d old turns left out to fit n_ctx", conversation_id, plan.dropped_turns)
+
+        user_message = self.store.add_message(conversation_id, "user", text)
+        if conversation.title == DEFAULT_TITLE:
+            self.store.update_conversation(conversation_id, title=title_from(text))
+        self.store.update_conversation(conversation_id, model=choice.model, backend=choice.backend, adapter=choice.adapter)
+        assistant = self.store.add_message(
+            conversation_id, "assistant", "", status="interrupted",
+            model=choice.model, backend=choice.backend, adapter=choice.adapter,
+        )
+        generation_params = GenerationParams(params.temperature, params.top_p, plan.max_tokens, params.seed)
+        try:
+            generation = backend.generate_from_tokens(plan.prompt_ids, generation_params)
+        except Exception:
+            self.store.delete_message(assistant.id)
+            self.store.delete_message(user_message.id)
+            raise
+        return Reply(self.store, assistant, user_message, generation, plan)
+
+
+def _split_turns(messages: list[dict]) -> list[list[dict]]:
+    """Group messages into turns that each start at a user message."""
+    turns: list[list[dict]] = []
+    for message in messages:
+        if message["role"] == "user" or not turns:
+            turns.append([])
+        turns[-1].append(message)
+    return turns
+
+
+def title_from(text: str) -> str:
+    """Make a conversation title from the first line of a message."""
+    first_line = text.strip().splitlines()[0].strip()
+    if len(first_line) <= TITLE_LENGTH:
+        return first_line
+    return first_line[: TITLE_LENGTH - 1].rstrip() + "…"

@@ -1,0 +1,335 @@
+"""Configuration: built-in defaults, loading and validating config.toml, and the data folders.
+
+The defaults are dataclasses whose fields carry their help text, so the reference config.toml at
+the top of the repository is generated from them (`python -m chatty.config > config.toml`) and a
+test keeps the two equal.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from chatty.errors import ConfigError
+
+APP_NAME = "chatty"
+HOME_ENV = "CHATTY_HOME"
+
+
+def _option(default, help: str, choices: tuple = (), minimum=None, maximum=None):
+    metadata = {"help": help, "choices": choices, "min": minimum, "max": maximum}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+@dataclass
+class PathsConfig:
+    """Folders; an empty string selects the default."""
+
+    data_dir: str = _option(
+        "", "Data folder for chatty.db, models/, adapters/ and cache/. Empty: $CHATTY_HOME, else the platform's user data folder."
+    )
+    model_dirs: list[str] = _option([], "Extra folders scanned for .gguf files, besides ./models and <data_dir>/models.")
+    adapters_dir: str = _option("", "Folder of LoRA adapters. Empty: <data_dir>/adapters.")
+
+
+@dataclass
+class ModelConfig:
+    """The model that new chats start with."""
+
+    default: str = _option("", "Model id (as `chatty models` lists it) or path to a .gguf file. Empty: the embedded SmolLM2-135M-Instruct.")
+    backend: str = _option("llama", "Runtime: llama (llama.cpp, GGUF) or torch (transformers + PEFT).", choices=("llama", "torch"))
+    n_ctx: int = _option(4096, "Context window in tokens. 0: the model's training context.", minimum=0)
+    threads: int = _option(0, "CPU threads for llama.cpp. 0: one per available core.", minimum=0)
+    dtype: str = _option(
+        "auto",
+        "PyTorch weight dtype. auto: bfloat16 on CUDA, float32 elsewhere.",
+        choices=("auto", "float32", "bfloat16", "float16"),
+    )
+
+
+@dataclass
+class GenerationConfig:
+    """Defaults for new conversations; each conversation can change them."""
+
+    system_prompt: str = _option("", "System prompt. Empty: the model's chat template decides.")
+    temperature: float = _option(0.2, "Sampling temperature. 0: greedy decoding.", minimum=0.0, maximum=5.0)
+    top_p: float = _option(0.9, "Nucleus sampling: keep the smallest set of tokens whose probability reaches top_p.", minimum=0.0, maximum=1.0)
+    max_tokens: int = _option(1024, "Maximum number of tokens in one reply.", minimum=1)
+
+
+@dataclass
+class UIConfig:
+    """The terminal interface."""
+
+    theme: str = _option("textual-dark", "Textual theme name, as the command palette's theme picker lists them.")
+
+
+@dataclass
+class KeysConfig:
+    """Key bindings by binding id. Several keys are separated by commas, e.g. "ctrl+s,f5"."""
+
+    send: str = _option("enter", "Send the prompt.")
+    newline: str = _option("ctrl+j", "Insert a newline in the prompt (shift+enter also works where the terminal reports it).")
+    stop: str = _option("escape", "Stop the reply that is streaming.")
+    new_conversation: str = _option("ctrl+n", "Start a new conversation.")
+    rename_conversation: str = _option("f2", "Rename the selected conversation.")
+    delete_conversation: str = _option("ctrl+delete", "Delete the selected conversation, after confirmation.")
+    search: str = _option("ctrl+f", "Search all messages.")
+    settings: str = _option("f3", "Edit the system prompt and generation parameters of this conversation.")
+    copy_reply: str = _option("ctrl+y", "Copy the selected reply, or the last one.")
+    copy_code: str = _option("ctrl+k", "Copy a code block from the selected reply, or the last one.")
+    focus_prompt: str = _option("ctrl+l", "Move the cursor to the prompt.")
+    toggle_sidebar: str = _option("ctrl+b", "Show or hide the conversation list.")
+    help: str = _option("f1", "Show the key bindings.")
+    quit: str = _option("ctrl+q", "Quit chatty.")
+
+
+@dataclass
+class Config:
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    ui: UIConfig = field(default_factory=UIConfig)
+    keys: KeysConfig = field(default_factory=KeysConfig)
+
+    def keymap(self) -> dict[str, str]:
+        """Return binding id -> keys, in the form Textual's App.set_keymap takes."""
+        return {f.name: getattr(self.keys, f.name) for f in fields(self.keys)}
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Where chatty keeps its files."""
+
+    data_dir: Path
+    log_dir: Path
+    adapters_dir: Path
+    model_dirs: tuple[Path, ...]
+
+    @property
+    def db_file(self) -> Path:
+        return self.data_dir / "chatty.db"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.data_dir / "cache"
+
+    @property
+    def log_file(self) -> Path:
+        return self.log_dir / "chatty.log"
+
+
+def default_config_file() -> Path:
+    """Return the config file read when --config is not given."""
+    home = os.environ.get(HOME_ENV)
+    if home:
+        return Path(home).expanduser() / "config.toml"
+
+    import platformdirs
+
+    return Path(platformdirs.user_config_dir(APP_NAME, appauthor=False)) / "config.toml"
+
+
+def resolve_paths(config: Config, project_dir: Path | None = None) -> Paths:
+    """Resolve the data, log, adapter and model folders; CHATTY_HOME takes precedence over config."""
+    import platformdirs
+
+    home = os.environ.get(HOME_ENV)
+    if home:
+        data_dir = Path(home).expanduser()
+        log_dir = data_dir / "logs"
+    else:
+        if config.paths.data_dir:
+            data_dir = Path(config.paths.data_dir).expanduser()
+        else:
+            data_dir = Path(platformdirs.user_data_dir(APP_NAME, appauthor=False))
+        log_dir = Path(platformdirs.user_log_dir(APP_NAME, appauthor=False))
+
+    adapters_dir = Path(config.paths.adapters_dir).expanduser() if config.paths.adapters_dir else data_dir / "adapters"
+
+    # ./models is the project-local model folder; it only counts when chatty runs from a checkout.
+    model_dirs = [data_dir / "models"]
+    local_models = (project_dir or Path.cwd()) / "models"
+    if local_models.is_dir():
+        model_dirs.insert(0, local_models)
+    model_dirs.extend(Path(p).expanduser() for p in config.paths.model_dirs)
+    return Paths(data_dir=data_dir, log_dir=log_dir, adapters_dir=adapters_dir, model_dirs=tuple(model_dirs))
+
+
+# Loading and validation
+
+
+def load_config(path: Path | None = None) -> Config:
+    """Load the user's config file over the defaults; a missing default file means all defaults.
+
+    Raises ConfigError for a file given explicitly that does not exist, for invalid TOML, an
+    unknown key, a value of the wrong type or a value out of range.
+    """
+    explicit = path is not None
+    path = Path(path).expanduser() if explicit else default_config_file()
+    if not path.exists():
+        if explicit:
+            raise ConfigError(f"Config file not found: {path}. Check the path given to --config.")
+        return Config()
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: the file is not valid UTF-8 (byte {error.start}). Save it as UTF-8.") from None
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read the config file: {error.strerror}.") from None
+    return parse_config(text, path)
+
+
+def parse_config(text: str, path: Path | str = "config.toml") -> Config:
+    """Parse config TOML text over the defaults; `path` only appears in error messages."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        message = str(error)
+        position = re.search(r"\(at line (\d+), column (\d+)\)", message)
+        if position:
+            reason = message[: position.start()].strip()
+            raise ConfigError(f"{path}:{position[1]}:{position[2]}: invalid TOML: {reason}.") from None
+        raise ConfigError(f"{path}: invalid TOML: {message}.") from None
+
+    locator = _KeyLocator(text)
+    config = Config()
+    sections = {f.name: f for f in fields(Config)}
+    for section_name, table in data.items():
+        if section_name not in sections:
+            line = locator.find_table(section_name) or locator.find_key("", section_name)
+            raise ConfigError(
+                f"{path}:{line or '?'}: unknown section '{section_name}'. Valid sections: {', '.join(sections)}."
+            )
+        if not isinstance(table, dict):
+            line = locator.find_key("", section_name)
+            raise ConfigError(f"{path}:{line or '?'}: '{section_name}' must be a table, written as [{section_name}].")
+        section = getattr(config, section_name)
+        _apply_table(section, section_name, table, path, locator)
+    return config
+
+
+def _apply_table(section, section_name: str, table: dict, path, locator: _KeyLocator) -> None:
+    hints = typing.get_type_hints(type(section))
+    known = {f.name: f for f in fields(section)}
+    for key, value in table.items():
+        name = f"{section_name}.{key}"
+        line = locator.find_key(section_name, key) or "?"
+        if key not in known:
+            raise ConfigError(f"{path}:{line}: unknown key '{name}'. Valid keys in [{section_name}]: {', '.join(known)}.")
+
+        expected = hints[key]
+        if not _has_type(value, expected):
+            raise ConfigError(
+                f"{path}:{line}: '{name}' must be {_describe_type(expected)}, not {_describe_value(value)}."
+            )
+        if expected is float:
+            value = float(value)
+
+        metadata = known[key].metadata
+        if metadata["choices"] and value not in metadata["choices"]:
+            options = ", ".join(f'"{c}"' for c in metadata["choices"])
+            raise ConfigError(f"{path}:{line}: '{name}' must be one of {options}, not {value!r}.")
+        if metadata["min"] is not None and value < metadata["min"]:
+            raise ConfigError(f"{path}:{line}: '{name}' must be at least {metadata['min']}, not {value!r}.")
+        if metadata["max"] is not None and value > metadata["max"]:
+            raise ConfigError(f"{path}:{line}: '{name}' must be at most {metadata['max']}, not {value!r}.")
+        setattr(section, key, value)
+
+
+def _has_type(value, expected) -> bool:
+    if expected is bool:
+        return isinstance(value, bool)
+    if expected is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if expected is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if expected is str:
+        return isinstance(value, str)
+    if typing.get_origin(expected) is list:
+        (item_type,) = typing.get_args(expected)
+        return isinstance(value, list) and all(_has_type(item, item_type) for item in value)
+    raise TypeError(f"unsupported config type {expected!r}")
+
+
+def _describe_type(expected) -> str:
+    if typing.get_origin(expected) is list:
+        (item_type,) = typing.get_args(expected)
+        return f"a list of {_describe_type(item_type)}s"
+    return {bool: "a boolean (true or false)", int: "an integer", float: "a number", str: "a string"}[expected]
+
+
+def _describe_value(value) -> str:
+    kind = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list", dict: "a table"}
+    return f"{kind.get(type(value), type(value).__name__)} ({_to_toml(value)})"
+
+
+class _KeyLocator:
+    """Finds the line of a key in TOML text, for error messages; tomllib reports no positions."""
+
+    _table = re.compile(r"^\s*\[\s*([A-Za-z0-9_.\-\" ]+?)\s*\]")
+    _key = re.compile(r"^\s*\"?([A-Za-z0-9_\-]+)\"?\s*=")
+
+    def __init__(self, text: str):
+        self.lines = text.splitlines()
+
+    def find_table(self, table: str) -> int | None:
+        for number, line in enumerate(self.lines, start=1):
+            match = self._table.match(line)
+            if match and match[1].replace('"', "").replace(" ", "") == table:
+                return number
+        return None
+
+    def find_key(self, table: str, key: str) -> int | None:
+        current = ""
+        for number, line in enumerate(self.lines, start=1):
+            header = self._table.match(line)
+            if header:
+                current = header[1].replace('"', "").replace(" ", "")
+                continue
+            match = self._key.match(line)
+            if match and match[1] == key and current == table:
+                return number
+        return None
+
+
+# The reference config.toml
+
+
+def _to_toml(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+        return f'"{escaped}"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_to_toml(item) for item in value) + "]"
+    return repr(value)
+
+
+def render_reference(config: Config | None = None) -> str:
+    """Render a config as commented TOML: the text of the reference config.toml."""
+    config = config or Config()
+    out = [
+        "# chatty configuration: every key with its default value.",
+        "# Copy this file to the user config folder (see `chatty --help`) or pass it with --config,",
+        "# and keep only the keys you change.",
+    ]
+    for section_field in fields(config):
+        section = getattr(config, section_field.name)
+        out += ["", f"# {type(section).__doc__.strip()}", f"[{section_field.name}]"]
+        for option in fields(section):
+            out.append(f"# {option.metadata['help']}")
+            out.append(f"{option.name} = {_to_toml(getattr(section, option.name))}")
+    return "\n".join(out) + "\n"
+
+
+if __name__ == "__main__":
+    print(render_reference(), end="")

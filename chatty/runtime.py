@@ -1,0 +1,78 @@
+"""The active model, backend and adapter: what the next reply runs on."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+
+from chatty.backends import Backend, LoadOptions, create_backend
+from chatty.config import Config
+from chatty.models.catalog import ModelCatalog, ModelInfo
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RuntimeChoice:
+    """What produces a reply; every assistant message records it."""
+
+    model: str
+    backend: str
+    adapter: str | None = None
+
+
+class Runtime:
+    """Holds one loaded backend and switches model, backend or adapter on request.
+
+    `load` blocks for as long as a model takes to load, so the TUI calls it from a worker thread.
+    """
+
+    def __init__(self, config: Config, catalog: ModelCatalog):
+        self.config = config
+        self.catalog = catalog
+        self.backend: Backend | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def options(self) -> LoadOptions:
+        model = self.config.model
+        return LoadOptions(n_ctx=model.n_ctx, threads=model.threads, dtype=model.dtype)
+
+    @property
+    def model(self) -> ModelInfo | None:
+        return self.backend.model if self.backend else None
+
+    @property
+    def choice(self) -> RuntimeChoice | None:
+        if self.backend is None or self.backend.model is None:
+            return None
+        return RuntimeChoice(self.backend.model.id, self.backend.name, getattr(self.backend, "adapter_name", None))
+
+    def load(self, model_reference: str | None = None, backend_name: str | None = None) -> Backend:
+        """Load a model on a backend, reusing the loaded one when nothing changes.
+
+        Defaults come from config: [model] default and backend. On failure the previous backend
+        stays loaded and usable.
+        """
+        model = self.catalog.resolve(model_reference if model_reference is not None else self.config.model.default)
+        backend_name = backend_name or self.config.model.backend
+        with self._lock:
+            current = self.backend
+            if current is not None and current.name == backend_name and current.model == model:
+                return current
+
+            # The new model loads beside the old one, so a failed load leaves the old one working.
+            # NOTE: peak memory is the sum of both models while the new one loads.
+            backend = create_backend(backend_name, self.options)
+            backend.load(model)
+            self.backend = backend
+            if current is not None:
+                current.close()
+            return backend
+
+    def close(self) -> None:
+        with self._lock:
+            if self.backend is not None:
+                self.backend.close()
+            self.backend = None

@@ -1,0 +1,138 @@
+"""SQLite connections and schema migrations.
+
+Each thread gets its own connection (sqlite3 connections must not be shared across threads while in
+use). Connections run in autocommit mode; writes that span several statements take the write lock
+up front with BEGIN IMMEDIATE, so two processes never deadlock on a lock upgrade and a writer
+waits for the busy timeout instead of failing with "database is locked".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import sqlite3
+import threading
+from collections.abc import Iterator
+from importlib import resources
+from pathlib import Path
+
+from chatty.errors import ChattyError
+
+log = logging.getLogger(__name__)
+
+BUSY_TIMEOUT_MS = 10_000
+_MIGRATION_NAME = re.compile(r"^(\d{4})_\w+\.sql$")
+
+
+def migrations() -> list[tuple[int, str, str]]:
+    """Return (version, name, sql) for every migration script, in version order."""
+    found = []
+    for entry in resources.files("chatty.store.migrations").iterdir():
+        match = _MIGRATION_NAME.match(entry.name)
+        if match:
+            found.append((int(match[1]), entry.name, entry.read_text(encoding="utf-8")))
+    found.sort()
+    for expected, (version, name, _) in enumerate(found, start=1):
+        if version != expected:
+            raise RuntimeError(f"migration {name} should have version {expected:04d}")
+    return found
+
+
+def latest_version() -> int:
+    return len(migrations())
+
+
+def split_statements(script: str) -> list[str]:
+    """Split an SQL script into statements; trigger bodies with inner semicolons stay whole."""
+    statements, current = [], ""
+    for line in script.splitlines(keepends=True):
+        if not current and line.strip().startswith("--"):
+            continue
+        current += line
+        if sqlite3.complete_statement(current):
+            statements.append(current.strip())
+            current = ""
+    if current.strip():
+        statements.append(current.strip())
+    return statements
+
+
+class Database:
+    """A SQLite file with per-thread connections, WAL journaling and a busy timeout."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+
+    def open(self) -> Database:
+        """Create the folder and file as needed and bring the schema up to date."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise ChattyError(f"Cannot create the data folder {self.path.parent}: {error.strerror}.") from None
+        self.migrate()
+        return self
+
+    @property
+    def connection(self) -> sqlite3.Connection:
+        connection = getattr(self._local, "connection", None)
+        if connection is None:
+            connection = self._connect()
+            self._local.connection = connection
+            with self._lock:
+                self._connections.append(connection)
+        return connection
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            connection = sqlite3.connect(
+                self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
+            )
+            connection.row_factory = sqlite3.Row
+            connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            connection.execute("PRAGMA journal_mode = WAL")
+            # NORMAL is durable against an application crash in WAL mode; only a power loss can
+            # drop the last transactions.
+            connection.execute("PRAGMA synchronous = NORMAL")
+            connection.execute("PRAGMA foreign_keys = ON")
+        except sqlite3.DatabaseError as error:
+            raise ChattyError(f"Cannot open the database {self.path}: {error}.") from None
+        return connection
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """Run statements as one write transaction that holds the write lock from the start."""
+        connection = self.connection
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            yield connection
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+        connection.execute("COMMIT")
+
+    def migrate(self) -> None:
+        """Apply the migrations that this file lacks, all in one transaction."""
+        scripts = migrations()
+        with self.transaction() as connection:
+            current = connection.execute("PRAGMA user_version").fetchone()[0]
+            if current > len(scripts):
+                raise ChattyError(
+                    f"{self.path} has schema version {current}, newer than this chatty understands ({len(scripts)}). "
+                    "Upgrade chatty, or set CHATTY_HOME to use another data folder."
+                )
+            for version, name, sql in scripts[current:]:
+                for statement in split_statements(sql):
+                    connection.execute(statement)
+                connection.execute(f"PRAGMA user_version = {version}")
+                log.info("applied migration %s to %s", name, self.path)
+
+    def close(self) -> None:
+        with self._lock:
+            for connection in self._connections:
+                connection.close()
+            self._connections.clear()
+        self._local = threading.local()

@@ -1,0 +1,28 @@
+"""Text safety for terminals: control characters in model output must never reach a terminal raw."""
+
+from __future__ import annotations
+
+import re
+
+# C0 controls except tab and newline, DEL, and C1 controls (U+0080 to U+009F), which some terminals
+# treat as escape sequence introducers.
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def escape_controls(text: str) -> str:
+    """Replace control characters with visible escapes such as \\x1b, keeping newlines and tabs."""
+    return _CONTROL.sub(lambda match: f"\\x{ord(match[0]):02x}", text)
+
+
+def show_controls(text: str) -> str:
+    """Replace control characters with their Unicode control pictures (␛ for ESC), for the TUI."""
+
+    def picture(match: re.Match) -> str:
+        code = ord(match[0])
+        if code < 0x20:
+            return chr(0x2400 + code)
+        if code == 0x7F:
+            return "\u2421"
+        return "\ufffd"
+
+    return _CONTROL.sub(picture, text)
