@@ -47,7 +47,7 @@ class Runtime:
     def choice(self) -> RuntimeChoice | None:
         if self.backend is None or self.backend.model is None:
             return None
-        return RuntimeChoice(self.backend.model.id, self.backend.name, getattr(self.backend, "adapter_name", None))
+        return RuntimeChoice(self.backend.model.id, self.backend.name, self.backend.adapter_name)
 
     def load(self, model_reference: str | None = None, backend_name: str | None = None) -> Backend:
         """Load a model on a backend, reusing the loaded one when nothing changes.

@@ -14,7 +14,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
+from chatty.models.adapters import AdapterInfo
 from chatty.models.catalog import ModelInfo
+from chatty.errors import ModelError
 from chatty.models.template import RenderedPrompt
 
 StopReason = Literal["eos", "max_tokens", "cancelled", "context"]
@@ -111,6 +113,7 @@ class Backend(ABC):
     def __init__(self, options: LoadOptions | None = None):
         self.options = options or LoadOptions()
         self.model: ModelInfo | None = None
+        self.adapter: AdapterInfo | None = None
         self._active: Generation | None = None
 
     @abstractmethod
@@ -145,6 +148,18 @@ class Backend(ABC):
     @abstractmethod
     def _produce(self, generation: Generation, prompt: list[int], params: GenerationParams) -> Iterator[str]:
         """Yield the reply's text pieces and set generation.stats before returning."""
+
+    def set_adapter(self, adapter: AdapterInfo | None) -> None:
+        """Attach a LoRA adapter, replacing the current one, or detach with None, keeping the base loaded.
+
+        Raises ModelError, with the base model left working and no adapter half attached, when the
+        adapter does not fit the loaded model.
+        """
+        raise ModelError(f"The {self.name} backend does not support adapters yet.")
+
+    @property
+    def adapter_name(self) -> str | None:
+        return self.adapter.name if self.adapter else None
 
     def count_tokens(self, messages: list[Message]) -> int:
         return len(self.tokenize_prompt(messages))
