@@ -46,7 +46,7 @@ class Services:
             from chatty.models.catalog import ModelCatalog
             from chatty.runtime import Runtime
 
-            self._runtime = Runtime(self.config, ModelCatalog(self.paths.model_dirs))
+            self._runtime = Runtime(self.config, ModelCatalog(self.paths.model_dirs), self.paths.cache_dir)
         return self._runtime
 
     @property

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 
 from chatty.backends import Backend, LoadOptions, create_backend
 from chatty.config import Config
@@ -28,16 +29,17 @@ class Runtime:
     `load` blocks for as long as a model takes to load, so the TUI calls it from a worker thread.
     """
 
-    def __init__(self, config: Config, catalog: ModelCatalog):
+    def __init__(self, config: Config, catalog: ModelCatalog, cache_dir: Path | None = None):
         self.config = config
         self.catalog = catalog
+        self.cache_dir = cache_dir
         self.backend: Backend | None = None
         self._lock = threading.Lock()
 
     @property
     def options(self) -> LoadOptions:
         model = self.config.model
-        return LoadOptions(n_ctx=model.n_ctx, threads=model.threads, dtype=model.dtype)
+        return LoadOptions(n_ctx=model.n_ctx, threads=model.threads, dtype=model.dtype, cache_dir=self.cache_dir)
 
     @property
     def model(self) -> ModelInfo | None:

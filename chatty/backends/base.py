@@ -12,6 +12,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar, Literal
 
 from chatty.models.adapters import AdapterInfo
@@ -40,6 +41,8 @@ class LoadOptions:
     n_ctx: int = 4096
     threads: int = 0
     dtype: str = "auto"
+    # Where a backend may keep converted weights between runs; None disables such caching.
+    cache_dir: Path | None = None
 
 
 @dataclass(frozen=True)
