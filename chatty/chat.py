@@ -117,6 +117,11 @@ class ChatService:
             params={"temperature": defaults.temperature, "top_p": defaults.top_p, "max_tokens": defaults.max_tokens},
         )
 
+    def params_for_defaults(self) -> GenerationParams:
+        """Return the generation parameters that a new conversation starts with."""
+        defaults = self.config.generation
+        return GenerationParams(defaults.temperature, defaults.top_p, defaults.max_tokens)
+
     def params_for(self, conversation: Conversation) -> GenerationParams:
         defaults = self.config.generation
         params = conversation.params

@@ -25,7 +25,8 @@ class Services:
 
     config: Config
     paths: Paths
-    debug: bool
+    debug: bool = False
+    config_file: Path | None = None
 
     def __post_init__(self):
         self._store = None
@@ -118,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
 
     setup_logging(paths.log_file, debug)
     log.info("chatty %s started: %s", __version__, args.command or "tui")
-    services = Services(config, paths, debug)
+    services = Services(config, paths, debug, getattr(args, "config", None) or default_config_file())
     try:
         return _dispatch(args, services)
     except ChattyError as error:

@@ -10,14 +10,22 @@ from chatty.text import escape_controls
 
 
 def _print_table(rows: list[tuple], headers: tuple[str, ...]) -> None:
+    """Print a table: aligned columns on a terminal, tab-separated lines for scripts."""
+    if not sys.stdout.isatty():
+        for row in (headers, *rows):
+            print("\t".join(str(cell) for cell in row))
+        return
+
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(*headers, box=None, pad_edge=False, header_style="bold")
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for header in headers:
+        table.add_column(header, overflow="fold")
     for row in rows:
-        # Titles and paths are user data: markup=False keeps "[...]" in them from being read as style.
         table.add_row(*(str(cell) for cell in row))
-    Console(markup=False, highlight=False, soft_wrap=True).print(table)
+    # Titles and paths are user data: markup=False keeps "[...]" in them from being read as style.
+    Console(markup=False, highlight=False).print(table)
 
 
 def ask(args: argparse.Namespace, services) -> int:

@@ -262,7 +262,8 @@ def _has_type(value, expected) -> bool:
 def _describe_type(expected) -> str:
     if typing.get_origin(expected) is list:
         (item_type,) = typing.get_args(expected)
-        return f"a list of {_describe_type(item_type)}s"
+        plural = {bool: "booleans", int: "integers", float: "numbers", str: "strings"}[item_type]
+        return f"a list of {plural}"
     return {bool: "a boolean (true or false)", int: "an integer", float: "a number", str: "a string"}[expected]
 
 

@@ -26,3 +26,15 @@ def show_controls(text: str) -> str:
         return "\ufffd"
 
     return _CONTROL.sub(picture, text)
+
+
+def code_blocks(markdown: str) -> list[tuple[str, str]]:
+    """Return (language, code) for every fenced or indented code block in Markdown text."""
+    from markdown_it import MarkdownIt
+
+    blocks = []
+    for token in MarkdownIt("commonmark").parse(markdown):
+        if token.type in ("fence", "code_block"):
+            language = token.info.strip().split(" ")[0] if token.info else ""
+            blocks.append((language, token.content))
+    return blocks

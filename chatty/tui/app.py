@@ -1,0 +1,522 @@
+"""The chatty Textual application: one chat screen with a sidebar, messages, prompt and status line.
+
+Generation runs in a thread worker and reports back with messages; the app asks ChatService for
+replies and renders what comes back, and never writes to the store from a widget.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from textual import work
+from textual.app import App, ComposeResult, SystemCommand
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.message import Message
+from textual.screen import Screen
+from textual.timer import Timer
+from textual.widgets import Footer, LoadingIndicator
+
+from chatty.chat import Reply
+from chatty.clipboard import copy_text
+from chatty.config import KeysConfig
+from chatty.errors import ChattyError
+from chatty.text import code_blocks
+from chatty.tui.screens.code_picker import CodePickerScreen
+from chatty.tui.screens.dialogs import ConfirmScreen, TextInputScreen
+from chatty.tui.screens.help import HelpScreen
+from chatty.tui.screens.settings import ConversationSettings, SettingsScreen
+from chatty.tui.widgets.chat_view import ChatView
+from chatty.tui.widgets.message import AssistantMessage, ReplyDetails, UserMessage
+from chatty.tui.widgets.prompt import PromptInput
+from chatty.tui.widgets.sidebar import Sidebar
+from chatty.tui.widgets.status import StatusLine
+
+log = logging.getLogger(__name__)
+
+KEYS = KeysConfig()
+SEARCH_DELAY_SECONDS = 0.2
+FLUSH_SECONDS = 1 / 30
+
+
+@dataclass
+class ReplyStarted(Message):
+    reply: Reply
+
+
+@dataclass
+class ReplyPiece(Message):
+    text: str
+
+
+@dataclass
+class ReplyEnded(Message):
+    reply: Reply
+
+
+@dataclass
+class ReplyFailed(Message):
+    error: Exception
+    prompt: str
+    reply: Reply | None
+
+
+@dataclass
+class ModelLoaded(Message):
+    context_size: int
+
+
+@dataclass
+class ModelFailed(Message):
+    error: Exception
+
+
+class ChattyApp(App):
+    CSS_PATH = "chatty.tcss"
+    TITLE = "chatty"
+
+    BINDINGS = [
+        Binding(KEYS.stop, "stop", "Stop", id="stop"),
+        Binding(KEYS.new_conversation, "new_conversation", "New", id="new_conversation"),
+        Binding(KEYS.rename_conversation, "rename_conversation", "Rename", id="rename_conversation"),
+        Binding(KEYS.delete_conversation, "delete_conversation", "Delete", id="delete_conversation"),
+        Binding(KEYS.search, "search", "Search", id="search", show=False),
+        Binding(KEYS.settings, "settings", "Settings", id="settings"),
+        Binding(KEYS.copy_reply, "copy_reply", "Copy", id="copy_reply"),
+        Binding(KEYS.copy_code, "copy_code", "Copy code", id="copy_code", show=False),
+        Binding(KEYS.focus_prompt, "focus_prompt", "Prompt", id="focus_prompt", show=False),
+        Binding(KEYS.toggle_sidebar, "toggle_sidebar", "Sidebar", id="toggle_sidebar", show=False),
+        Binding(KEYS.help, "help", "Help", id="help"),
+        Binding(KEYS.quit, "quit", "Quit", id="quit", priority=True),
+    ]
+
+    def __init__(self, services, model: str | None = None, backend: str | None = None):
+        super().__init__()
+        self.services = services
+        self.initial_model = model
+        self.initial_backend = backend
+        self.conversation_id: int | None = None
+        self.reply: Reply | None = None
+        self._assistant: AssistantMessage | None = None
+        self._user: UserMessage | None = None
+        self._generating = False
+        self._stop_requested = False
+        self._search_timer: Timer | None = None
+        self._search_query = ""
+
+    # Layout
+
+    def compose(self) -> ComposeResult:
+        with Horizontal(id="main"):
+            yield Sidebar()
+            with Vertical():
+                yield ChatView()
+                yield PromptInput(id="prompt")
+                with Horizontal(id="statusbar"):
+                    yield StatusLine()
+                    yield LoadingIndicator(id="busy")
+        yield Footer()
+
+    @property
+    def chat_view(self) -> ChatView:
+        return self.query_one(ChatView)
+
+    @property
+    def prompt(self) -> PromptInput:
+        return self.query_one(PromptInput)
+
+    @property
+    def sidebar(self) -> Sidebar:
+        return self.query_one(Sidebar)
+
+    @property
+    def status(self) -> StatusLine:
+        return self.query_one(StatusLine)
+
+    async def on_mount(self) -> None:
+        config = self.services.config
+        self.set_keymap(config.keymap())
+        if config.ui.theme in self.available_themes:
+            self.theme = config.ui.theme
+        else:
+            self.notify(f"Theme '{config.ui.theme}' not found; using the default. Set [ui] theme to one the palette lists.",
+                        severity="warning")
+
+        conversations = self.services.store.list_conversations(limit=500)
+        self.sidebar.show(conversations, None)
+        if conversations:
+            await self.open_conversation(conversations[0].id)
+        else:
+            await self.chat_view.show_messages([])
+        self.prompt.focus()
+        self.load_model(self.initial_model, self.initial_backend)
+
+    def set_busy(self, busy: bool) -> None:
+        self.query_one("#busy").set_class(busy, "-active")
+
+    # Model loading
+
+    @work(thread=True, exclusive=True, group="load")
+    def load_model(self, model: str | None, backend: str | None) -> None:
+        self.call_from_thread(self._show_loading, model)
+        try:
+            loaded = self.services.runtime.load(model, backend)
+        except Exception as error:  # shown to the user; a failed load leaves the old model in place
+            log.error("model load failed: %s", error, exc_info=not isinstance(error, ChattyError))
+            self.post_message(ModelFailed(error))
+            return
+        self.post_message(ModelLoaded(loaded.context_length))
+
+    def _show_loading(self, model: str | None) -> None:
+        self.status.activity = f"loading {model or 'model'}…"
+        self.set_busy(True)
+
+    def on_model_loaded(self, event: ModelLoaded) -> None:
+        choice = self.services.runtime.choice
+        status = self.status
+        status.model = choice.model
+        status.backend = choice.backend
+        status.adapter = choice.adapter
+        status.context_size = event.context_size
+        status.activity = ""
+        self.set_busy(self._generating)
+        self.update_context_use()
+
+    def on_model_failed(self, event: ModelFailed) -> None:
+        self.status.activity = ""
+        self.set_busy(self._generating)
+        if self.services.runtime.choice is None:
+            self.status.model = "no model loaded"
+        self.notify(str(event.error), title="Model not loaded", severity="error", timeout=15)
+
+    @work(thread=True, exclusive=True, group="context")
+    def update_context_use(self) -> None:
+        """Count the open conversation's prompt tokens with the active model's tokenizer."""
+        backend = self.services.runtime.backend
+        if backend is None:
+            return
+        messages = []
+        if self.conversation_id is not None:
+            conversation = self.services.store.get_conversation(self.conversation_id)
+            messages = self.services.chat.history(conversation)
+        used = backend.count_tokens(messages) if messages else 0
+        self.call_from_thread(setattr, self.status, "context_used", used)
+
+    # Conversations
+
+    async def open_conversation(self, conversation_id: int) -> None:
+        if self._generating:
+            self.notify("A reply is still streaming. Press Esc to stop it first.", severity="warning")
+            return
+        self.conversation_id = conversation_id
+        messages = self.services.store.messages(conversation_id)
+        await self.chat_view.show_messages(messages)
+        self.sidebar.highlight(conversation_id)
+        self.update_context_use()
+
+    async def on_sidebar_selected(self, event: Sidebar.Selected) -> None:
+        await self.open_conversation(event.conversation_id)
+        self.prompt.focus()
+
+    def on_sidebar_search_changed(self, event: Sidebar.SearchChanged) -> None:
+        self._search_query = event.query
+        if self._search_timer is not None:
+            self._search_timer.stop()
+        self._search_timer = self.set_timer(SEARCH_DELAY_SECONDS, self.refresh_sidebar)
+
+    @work(thread=True, exclusive=True, group="sidebar")
+    def refresh_sidebar(self) -> None:
+        query = self._search_query.strip()
+        store = self.services.store
+        conversations = store.search_conversations(query, limit=500) if query else store.list_conversations(limit=500)
+        self.call_from_thread(self.sidebar.show, conversations, self.conversation_id)
+
+    async def action_new_conversation(self) -> None:
+        if self._generating:
+            self.notify("A reply is still streaming. Press Esc to stop it first.", severity="warning")
+            return
+        # The conversation is created with its first message, so empty chats never pile up.
+        self.conversation_id = None
+        await self.chat_view.show_messages([])
+        self.sidebar.highlight(None)
+        self.status.context_used = 0
+        self.prompt.focus()
+
+    def _target_conversation(self) -> int | None:
+        """The conversation that rename and delete act on: the one highlighted in the sidebar, else the open one."""
+        if self.sidebar.has_focus_within and self.sidebar.highlighted_id is not None:
+            return self.sidebar.highlighted_id
+        return self.conversation_id
+
+    def action_rename_conversation(self) -> None:
+        conversation_id = self._target_conversation()
+        if conversation_id is None:
+            self.notify("No conversation to rename yet. Send a message first.", severity="warning")
+            return
+        conversation = self.services.store.get_conversation(conversation_id)
+
+        def rename(title: str | None) -> None:
+            if title:
+                self.services.store.rename_conversation(conversation_id, title)
+                self.refresh_sidebar()
+
+        self.push_screen(TextInputScreen("Rename conversation", conversation.title), rename)
+
+    def action_delete_conversation(self) -> None:
+        conversation_id = self._target_conversation()
+        if conversation_id is None:
+            self.notify("No conversation to delete.", severity="warning")
+            return
+        if self._generating and conversation_id == self.conversation_id:
+            self.notify("A reply is still streaming. Press Esc to stop it first.", severity="warning")
+            return
+        conversation = self.services.store.get_conversation(conversation_id)
+
+        async def delete(confirmed: bool | None) -> None:
+            if not confirmed:
+                return
+            self.services.store.delete_conversation(conversation_id)
+            log.info("deleted conversation %d", conversation_id)
+            if conversation_id == self.conversation_id:
+                await self.action_new_conversation()
+            self.refresh_sidebar()
+            self.notify(f"Deleted '{conversation.title}'.")
+
+        question = f"Delete '{conversation.title}' and all its messages? This cannot be undone."
+        self.push_screen(ConfirmScreen(question), delete)
+
+    def action_search(self) -> None:
+        self.sidebar.remove_class("-hidden")
+        self.sidebar.search_input.focus()
+
+    def action_toggle_sidebar(self) -> None:
+        self.sidebar.toggle_class("-hidden")
+
+    def action_focus_prompt(self) -> None:
+        self.prompt.focus()
+
+    def action_settings(self) -> None:
+        chat = self.services.chat
+        if self.conversation_id is not None:
+            conversation = self.services.store.get_conversation(self.conversation_id)
+            params = chat.params_for(conversation)
+            system_prompt = conversation.system_prompt
+        else:
+            defaults = self.services.config.generation
+            params = chat.params_for_defaults()
+            system_prompt = defaults.system_prompt
+        current = ConversationSettings(system_prompt, params.temperature, params.top_p, params.max_tokens)
+
+        def save(settings: ConversationSettings | None) -> None:
+            if settings is None:
+                return
+            if self.conversation_id is None:
+                self.conversation_id = chat.new_conversation().id
+            conversation = self.services.store.get_conversation(self.conversation_id)
+            params = {**conversation.params, "temperature": settings.temperature, "top_p": settings.top_p,
+                      "max_tokens": settings.max_tokens}
+            self.services.store.update_conversation(self.conversation_id, system_prompt=settings.system_prompt,
+                                                    params=params)
+            self.refresh_sidebar()
+            self.update_context_use()
+            self.notify("Settings saved; they apply from the next reply.")
+
+        self.push_screen(SettingsScreen(current), save)
+
+    def action_help(self) -> None:
+        self.push_screen(HelpScreen(self.binding_rows(), str(self.services.config_file)))
+
+    def binding_rows(self) -> list[tuple[str, str, str]]:
+        """Return (keys, description, binding id) for every binding that has an id."""
+        keymap = self._keymap
+        rows = []
+        for binding in [*self.BINDINGS, *PromptInput.BINDINGS]:
+            if binding.id:
+                rows.append((keymap.get(binding.id, binding.key), binding.description, binding.id))
+        return rows
+
+    # Sending and streaming
+
+    async def on_prompt_input_submitted(self, event: PromptInput.Submitted) -> None:
+        if self._generating:
+            self.notify("A reply is still streaming. Press Esc to stop it, then send.", severity="warning")
+            return
+        text = event.text
+        if self.conversation_id is None:
+            self.conversation_id = self.services.chat.new_conversation().id
+        event.prompt.clear()
+        self._generating = True
+        self._stop_requested = False
+        self.set_busy(True)
+        self._user = await self.chat_view.add_user(text)
+        choice = self.services.runtime.choice
+        details = ReplyDetails(
+            model=choice.model if choice else None,
+            backend=choice.backend if choice else None,
+            adapter=choice.adapter if choice else None,
+            status="streaming",
+        )
+        self._assistant = await self.chat_view.add_assistant(details)
+        self._assistant.start_stream()
+        self.generate_reply(self.conversation_id, text)
+
+    @work(thread=True, exclusive=True, group="reply")
+    def generate_reply(self, conversation_id: int, text: str) -> None:
+        reply = None
+        try:
+            reply = self.services.chat.reply(conversation_id, text)
+            self.reply = reply
+            if self._stop_requested:
+                reply.cancel()
+            self.post_message(ReplyStarted(reply))
+            # Pieces are batched to at most one message per FLUSH_SECONDS: the screen cannot show
+            # more, and fewer messages leave more CPU time to generation.
+            pending: list[str] = []
+            last_flush = 0.0
+            for piece in reply:
+                pending.append(piece)
+                if time.monotonic() - last_flush >= FLUSH_SECONDS:
+                    self.post_message(ReplyPiece("".join(pending)))
+                    pending.clear()
+                    last_flush = time.monotonic()
+            if pending:
+                self.post_message(ReplyPiece("".join(pending)))
+        except Exception as error:  # every failure reaches the user as a notification
+            if not isinstance(error, ChattyError):
+                log.exception("reply failed in conversation %d", conversation_id)
+            self.post_message(ReplyFailed(error, text, reply))
+            return
+        self.post_message(ReplyEnded(reply))
+
+    def on_reply_started(self, event: ReplyStarted) -> None:
+        dropped = event.reply.plan.dropped_turns
+        if dropped:
+            turns = "turn" if dropped == 1 else "turns"
+            self.notify(f"The conversation is longer than the context window: the oldest {dropped} {turns} were left out "
+                        "of this prompt.", severity="warning")
+        if self._assistant is not None:
+            self._assistant.message_id = event.reply.message.id
+        if self._user is not None:
+            self._user.message_id = event.reply.user_message.id
+        self.refresh_sidebar()
+
+    async def on_reply_piece(self, event: ReplyPiece) -> None:
+        if self._assistant is not None:
+            await self._assistant.write(event.text)
+
+    async def on_reply_ended(self, event: ReplyEnded) -> None:
+        reply = event.reply
+        stats = reply.stats
+        assistant = self._assistant
+        if assistant is not None:
+            await assistant.finish(reply.text)
+            details = assistant.details
+            details.status = reply.status
+            details.tokens_per_second = stats.tokens_per_second if stats else None
+            details.completion_tokens = stats.completion_tokens if stats else None
+            assistant.update_details(details)
+        if stats:
+            self.status.tokens_per_second = stats.tokens_per_second
+            self.status.context_used = stats.prompt_tokens + stats.completion_tokens
+        self._end_reply()
+        self.refresh_sidebar()
+
+    async def on_reply_failed(self, event: ReplyFailed) -> None:
+        assistant, user = self._assistant, self._user
+        partial = event.reply is not None and bool(event.reply.text)
+        if partial and assistant is not None:
+            await assistant.finish(event.reply.text)
+            details = assistant.details
+            details.status = "error"
+            details.error = str(event.error)
+            assistant.update_details(details)
+        else:
+            # Nothing was generated: the turn is gone from the store, and the prompt goes back in the box.
+            for widget in (assistant, user):
+                if widget is not None:
+                    await widget.remove()
+            self.prompt.put_back(event.prompt)
+        self.notify(str(event.error), title="Reply failed", severity="error", timeout=15)
+        self._end_reply()
+        self.refresh_sidebar()
+
+    def _end_reply(self) -> None:
+        self._generating = False
+        self.reply = None
+        self._assistant = None
+        self._user = None
+        self.set_busy(False)
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "stop":
+            # Without a reply to stop, Esc goes on to the focused widget or dialog.
+            return self._generating
+        return True
+
+    def action_stop(self) -> None:
+        self._stop_requested = True
+        if self.reply is not None:
+            self.reply.cancel()
+
+    async def action_quit(self) -> None:
+        self.action_stop()
+        self.exit()
+
+    # Copying
+
+    def action_copy_reply(self) -> None:
+        reply = self.chat_view.selected_or_last_reply()
+        if reply is None or not reply.text:
+            self.notify("There is no reply to copy yet.", severity="warning")
+            return
+        self.copy(reply.text, "the reply")
+
+    def action_copy_code(self) -> None:
+        reply = self.chat_view.selected_or_last_reply()
+        blocks = code_blocks(reply.text) if reply is not None else []
+        if not blocks:
+            self.notify("The reply has no code block to copy.", severity="warning")
+            return
+        if len(blocks) == 1:
+            self.copy(blocks[0][1], "the code block")
+            return
+
+        def copy_chosen(index: int | None) -> None:
+            if index is not None:
+                self.copy(blocks[index][1], f"code block {index + 1}")
+
+        self.push_screen(CodePickerScreen(blocks), copy_chosen)
+
+    def copy(self, text: str, what: str) -> None:
+        result = copy_text(text)
+        if result.copied:
+            self.notify(f"Copied {what} ({len(text)} characters) with {result.method}.")
+            return
+        # An OSC 52 request may still reach the clipboard, but the terminal never confirms it.
+        self.copy_to_clipboard(text)
+        self.notify(
+            f"Could not copy {what}: {result.error}. chatty also asked the terminal to copy it (OSC 52), "
+            "which works only in terminals that support it.",
+            title="Not copied",
+            severity="error",
+            timeout=10,
+        )
+
+    # Command palette
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        yield SystemCommand("New conversation", "Start a new conversation", self.action_new_conversation)
+        yield SystemCommand("Rename conversation", "Rename the selected conversation", self.action_rename_conversation)
+        yield SystemCommand("Delete conversation", "Delete the selected conversation", self.action_delete_conversation)
+        yield SystemCommand("Search messages", "Search all conversations", self.action_search)
+        yield SystemCommand("Conversation settings", "System prompt, temperature, top p, max tokens",
+                            self.action_settings)
+        yield SystemCommand("Copy reply", "Copy the selected reply, or the last one", self.action_copy_reply)
+        yield SystemCommand("Copy code block", "Copy a code block from the selected reply", self.action_copy_code)
+        yield SystemCommand("Stop reply", "Stop the reply that is streaming", self.action_stop)
+        yield SystemCommand("Toggle sidebar", "Show or hide the conversation list", self.action_toggle_sidebar)
+        yield SystemCommand("Key bindings", "List every key binding and its id", self.action_help)

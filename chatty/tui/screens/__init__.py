@@ -1,0 +1,1 @@
+"""Modal screens: dialogs over the chat screen."""

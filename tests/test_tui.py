@@ -1,0 +1,294 @@
+"""The real Textual app, driven headless with Pilot, on the real embedded model at temperature 0."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import fields
+
+from textual.widgets import Input
+
+from chatty.cli import Services
+from chatty.config import Config, KeysConfig, resolve_paths
+from chatty.store import Store
+from chatty.tui.app import ChattyApp
+from chatty.tui.screens.dialogs import ConfirmScreen, TextInputScreen
+from chatty.tui.screens.help import HelpScreen
+from chatty.tui.screens.settings import SettingsScreen
+from chatty.tui.widgets.message import AssistantMessage, UserMessage
+
+SIZE = (120, 40)
+LONG_PROMPT = "Write a very long story about a dragon who learns to sail."
+
+
+def make_app(**changes) -> ChattyApp:
+    config = Config()
+    config.generation.temperature = 0.0
+    config.generation.max_tokens = 200
+    for dotted, value in changes.items():
+        section, key = dotted.split("__")
+        setattr(getattr(config, section), key, value)
+    return ChattyApp(Services(config, resolve_paths(config)))
+
+
+async def wait_until(pilot, condition, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting for the app"
+        await pilot.pause(0.02)
+
+
+async def wait_for_model(pilot, app: ChattyApp) -> None:
+    await wait_until(pilot, lambda: app.services.runtime.backend is not None and not app.status.activity)
+
+
+async def send(pilot, app: ChattyApp, text: str) -> None:
+    app.prompt.text = text
+    app.prompt.focus()
+    await pilot.press("enter")
+
+
+def notifications(app: ChattyApp) -> list[str]:
+    return [notification.message for notification in app._notifications]
+
+
+async def test_reply_streams_in_steps():
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for_model(pilot, app)
+        await send(pilot, app, "Write a short poem about the sea.")
+        await wait_until(pilot, lambda: bool(app.query(AssistantMessage)))
+        reply = app.query(AssistantMessage).last()
+        lengths = set()
+        while app._generating:
+            lengths.add(len(reply.text))
+            await pilot.pause(0.01)
+        assert len(lengths - {0}) >= 3
+        assert reply.details.status == "complete"
+        assert "stopped" not in reply.header_text()
+        assert reply.text
+        assert "<|im_end|>" not in reply.text
+
+        store = app.services.store
+        saved = store.messages(app.conversation_id)
+        assert saved[-1].content == reply.text
+    app.services.close()
+
+
+async def test_escape_stops_long_reply():
+    app = make_app(generation__max_tokens=3000)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for_model(pilot, app)
+        await send(pilot, app, LONG_PROMPT)
+        reply_widget = None
+        await wait_until(pilot, lambda: bool(app.query(AssistantMessage)) and len(app.query(AssistantMessage).last().text) > 20)
+        reply_widget = app.query(AssistantMessage).last()
+        pressed_at = time.monotonic()
+        await pilot.press("escape")
+        await wait_until(pilot, lambda: not app._generating, timeout=5)
+        assert time.monotonic() - pressed_at < 1.0
+        assert reply_widget.details.status == "stopped"
+        assert "stopped" in reply_widget.header_text()
+
+        saved = app.services.store.messages(app.conversation_id)[-1]
+        assert saved.status == "stopped"
+        assert saved.content == reply_widget.text
+        assert saved.completion_tokens < 3000
+    app.services.close()
+
+
+async def test_restart_finds_conversation(chatty_home):
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for_model(pilot, app)
+        await send(pilot, app, "Name three colors.")
+        await wait_until(pilot, lambda: bool(app.query(AssistantMessage)) and not app._generating)
+        first_reply = app.query(AssistantMessage).last().text
+    app.services.close()
+
+    again = make_app()
+    async with again.run_test(size=SIZE) as pilot:
+        await pilot.pause(0.1)
+        titles = [str(option.prompt) for option in again.sidebar.option_list.options]
+        assert titles == ["Name three colors."]
+        assert [w.text for w in again.query(UserMessage)] == ["Name three colors."]
+        assert [w.text for w in again.query(AssistantMessage)] == [first_reply]
+        assert again.conversation_id is not None
+    again.services.close()
+
+
+async def test_keys_handled_while_streaming():
+    app = make_app(generation__max_tokens=120)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for_model(pilot, app)
+        await send(pilot, app, LONG_PROMPT)
+        await wait_until(pilot, lambda: bool(app.query(AssistantMessage)) and len(app.query(AssistantMessage).last().text) > 10)
+
+        # A 10 ms timer measures how long the event loop goes without running while the reply streams.
+        ticks: list[float] = []
+        app.set_interval(0.01, lambda: ticks.append(time.monotonic()) if app._generating else None)
+        await pilot.press("o", "k")
+        typed_while_generating = app._generating and app.prompt.text == "ok"
+        await wait_until(pilot, lambda: not app._generating)
+
+        gaps = [later - earlier for earlier, later in zip(ticks, ticks[1:])]
+        assert typed_while_generating
+        assert len(ticks) > 10
+        assert max(gaps) < 0.25
+    app.services.close()
+
+
+async def test_backend_error_returns_prompt():
+    app = make_app(model__n_ctx=256)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for_model(pilot, app)
+        long_text = "word " * 400
+        await send(pilot, app, long_text)
+        await wait_until(pilot, lambda: not app._generating)
+        await pilot.pause(0.1)
+        assert app.prompt.text == long_text
+        assert any("too long" in message for message in notifications(app))
+        assert not app.query(UserMessage)
+        assert app.services.store.messages(app.conversation_id) == []
+    app.services.close()
+
+
+async def test_copy_without_clipboard_says_so(monkeypatch):
+    for variable in ("DISPLAY", "WAYLAND_DISPLAY"):
+        monkeypatch.delenv(variable, raising=False)
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for_model(pilot, app)
+        await send(pilot, app, "Name three colors.")
+        await wait_until(pilot, lambda: bool(app.query(AssistantMessage)) and not app._generating)
+        await pilot.press("f5")
+        await pilot.pause(0.1)
+        messages = notifications(app)
+        assert any(message.startswith("Could not copy the reply") for message in messages)
+        assert not any(message.startswith("Copied") for message in messages)
+    app.services.close()
+
+
+async def test_help_lists_every_binding():
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("f1")
+        await pilot.pause(0.1)
+        assert isinstance(app.screen, HelpScreen)
+        ids = {row[2] for row in app.screen.rows}
+        assert ids == {field.name for field in fields(KeysConfig)}
+        await pilot.press("escape")
+        await pilot.pause(0.1)
+        assert not isinstance(app.screen, HelpScreen)
+    app.services.close()
+
+
+async def test_keymap_from_config():
+    app = make_app(keys__help="f12")
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("f1")
+        await pilot.pause(0.1)
+        assert not isinstance(app.screen, HelpScreen)
+        await pilot.press("f12")
+        await pilot.pause(0.1)
+        assert isinstance(app.screen, HelpScreen)
+        assert ("f12", "Help", "help") in app.screen.rows
+    app.services.close()
+
+
+async def test_palette_has_every_action():
+    app = make_app()
+    async with app.run_test(size=SIZE):
+        titles = {command.title for command in app.get_system_commands(app.screen)}
+    expected = {
+        "New conversation", "Rename conversation", "Delete conversation", "Search messages", "Conversation settings",
+        "Copy reply", "Copy code block", "Stop reply", "Toggle sidebar", "Key bindings", "Quit",
+    }
+    assert expected <= titles
+    app.services.close()
+
+
+async def test_settings_dialog_saves_and_validates():
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("f4")
+        await pilot.pause(0.1)
+        assert isinstance(app.screen, SettingsScreen)
+        app.screen.query_one("#temperature", Input).value = "hot"
+        await pilot.press("ctrl+s")
+        await pilot.pause(0.1)
+        assert isinstance(app.screen, SettingsScreen)
+        assert any("Temperature" in message and "'hot' is invalid" in message for message in notifications(app))
+
+        app.screen.query_one("#temperature", Input).value = "0.7"
+        app.screen.query_one("#max_tokens", Input).value = "77"
+        await pilot.press("ctrl+s")
+        await pilot.pause(0.1)
+        assert not isinstance(app.screen, SettingsScreen)
+        conversation = app.services.store.get_conversation(app.conversation_id)
+        assert conversation.params["temperature"] == 0.7
+        assert conversation.params["max_tokens"] == 77
+    app.services.close()
+
+
+async def test_rename_and_delete_conversation(chatty_home):
+    store = Store(chatty_home / "chatty.db")
+    kept = store.create_conversation("Keep me")
+    doomed = store.create_conversation("Delete me")
+    store.add_message(doomed.id, "user", "hello")
+    store.close()
+
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause(0.1)
+        assert app.conversation_id == doomed.id
+        await pilot.press("f2")
+        await pilot.pause(0.1)
+        assert isinstance(app.screen, TextInputScreen)
+        app.screen.query_one(Input).value = "Renamed"
+        await pilot.press("enter")
+        await pilot.pause(0.3)
+        assert app.services.store.get_conversation(doomed.id).title == "Renamed"
+
+        await pilot.press("f8")
+        await pilot.pause(0.1)
+        assert isinstance(app.screen, ConfirmScreen)
+        await pilot.click("#confirm")
+        await pilot.pause(0.3)
+        assert [c.id for c in app.services.store.list_conversations()] == [kept.id]
+        assert app.conversation_id is None
+        titles = [str(option.prompt) for option in app.sidebar.option_list.options]
+        assert titles == ["Keep me"]
+    app.services.close()
+
+
+async def test_search_filters_sidebar(chatty_home):
+    store = Store(chatty_home / "chatty.db")
+    for title, text in (("Cooking", "bake bread at 220 degrees"), ("Travel", "trains in Japan")):
+        conversation = store.create_conversation(title)
+        store.add_message(conversation.id, "user", text)
+    store.close()
+
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("ctrl+f")
+        await pilot.press(*"bread")
+        await wait_until(pilot, lambda: len(app.sidebar.option_list.options) == 1, timeout=5)
+        assert str(app.sidebar.option_list.options[0].prompt) == "Cooking"
+    app.services.close()
+
+
+async def test_new_conversation_key():
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for_model(pilot, app)
+        await send(pilot, app, "Hi")
+        await wait_until(pilot, lambda: bool(app.query(AssistantMessage)) and not app._generating)
+        first = app.conversation_id
+        await pilot.press("ctrl+n")
+        await pilot.pause(0.1)
+        assert app.conversation_id is None
+        assert not app.query(AssistantMessage)
+        await send(pilot, app, "Hello again")
+        await wait_until(pilot, lambda: bool(app.query(AssistantMessage)) and not app._generating)
+        assert app.conversation_id not in (None, first)
+    app.services.close()
