@@ -47,7 +47,7 @@ class Services:
             from chatty.models.catalog import ModelCatalog
             from chatty.runtime import Runtime
 
-            self._runtime = Runtime(self.config, ModelCatalog(self.paths.model_dirs), self.paths.cache_dir)
+            self._runtime = Runtime(self.config, ModelCatalog(self.paths.model_dirs), self.paths.cache_dir, self.paths.adapters_dir)
         return self._runtime
 
     @property
@@ -96,11 +96,30 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--top-p", type=float, metavar="P", help="nucleus sampling threshold, 0 to 1")
     ask.add_argument("--max-tokens", type=int, metavar="N", help="maximum number of tokens in the reply")
     ask.add_argument("--seed", type=int, metavar="N", help="random seed for sampling")
+    ask.add_argument("--adapter", metavar="NAME", help="LoRA adapter to attach (see `chatty adapters`), by name or path")
 
     listing = commands.add_parser("list", parents=[common], help="list saved conversations, newest first")
     listing.add_argument("--limit", type=int, default=50, metavar="N", help="show at most N conversations (default: 50)")
 
     commands.add_parser("models", parents=[common], help="list the models chatty finds, with their backends and sizes")
+    commands.add_parser("adapters", parents=[common], help="list the LoRA adapters in the adapters folder")
+
+    finetune = commands.add_parser("finetune", parents=[common], help="train a LoRA adapter on saved conversations",
+                                   description="Train a LoRA adapter on saved conversations or a JSONL file. "
+                                               "Runs unchanged under torchrun or accelerate launch with several processes.")
+    from chatty.finetune.command import add_arguments
+
+    add_arguments(finetune)
+
+    export = commands.add_parser("export", parents=[common], help="write conversations as messages JSONL or Markdown")
+    export.add_argument("--conversation", type=int, action="append", default=[], metavar="ID",
+                        help="export conversation ID; repeat for more (default: all)")
+    export.add_argument("--format", choices=("jsonl", "markdown"), default="jsonl",
+                        help="jsonl: one OpenAI-style {\"messages\": [...]} object per line; markdown: for reading")
+    export.add_argument("--output", "-o", type=Path, metavar="FILE", help="file to write (default: stdout)")
+
+    importing = commands.add_parser("import", parents=[common], help="read conversations from a messages JSONL file")
+    importing.add_argument("file", type=Path, help="JSONL file with one {\"messages\": [...]} object per line")
     return parser
 
 
@@ -150,6 +169,16 @@ def _dispatch(args: argparse.Namespace, services: Services) -> int:
         return commands.list_conversations(args, services)
     if args.command == "models":
         return commands.list_models(args, services)
+    if args.command == "adapters":
+        return commands.list_adapters(args, services)
+    if args.command == "finetune":
+        from chatty.finetune.command import run
+
+        return run(args, services)
+    if args.command == "export":
+        return commands.export(args, services)
+    if args.command == "import":
+        return commands.import_file(args, services)
     return commands.run_tui(args, services)
 
 

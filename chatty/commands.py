@@ -38,6 +38,8 @@ def ask(args: argparse.Namespace, services) -> int:
         raise ChattyError("The question is empty. Give some text to send.")
 
     services.runtime.load(getattr(args, "model", None), getattr(args, "backend", None))
+    if args.adapter:
+        services.runtime.set_adapter(args.adapter)
     chat = services.chat
     store = services.store
     if args.continue_id is not None:
@@ -91,8 +93,9 @@ def list_conversations(args: argparse.Namespace, services) -> int:
     if not conversations:
         print("No conversations yet. Start one with: chatty ask \"Hello\"")
         return 0
+    counts = services.store.message_counts()
     rows = [
-        (c.id, c.updated_at[:16].replace("T", " "), len(services.store.messages(c.id)), c.model or "", escape_controls(c.title))
+        (c.id, c.updated_at[:16].replace("T", " "), counts.get(c.id, 0), c.model or "", escape_controls(c.title))
         for c in conversations
     ]
     _print_table(rows, ("ID", "UPDATED (UTC)", "MESSAGES", "MODEL", "TITLE"))
@@ -109,6 +112,68 @@ def list_models(args: argparse.Namespace, services) -> int:
         for m in models
     ]
     _print_table(rows, ("ID", "BACKENDS", "SIZE", "ARCHITECTURE", "SOURCE", "PATH"))
+    return 0
+
+
+def list_adapters(args: argparse.Namespace, services) -> int:
+    catalog = services.runtime.adapters
+    adapters = catalog.adapters()
+    if not adapters:
+        print(f"No adapters yet in {catalog.folder}. Train one with: chatty finetune --name NAME --all")
+        return 0
+    rows = []
+    for adapter in adapters:
+        size = sum(f.stat().st_size for f in adapter.path.iterdir() if f.is_file())
+        rows.append((adapter.name, adapter.base_model_id or "unknown", ", ".join(adapter.backends), adapter.rank,
+                     adapter.alpha, f"{size / 1e6:,.1f} MB"))
+    _print_table(rows, ("NAME", "BASE MODEL", "BACKENDS", "RANK", "ALPHA", "SIZE"))
+    return 0
+
+
+def export(args: argparse.Namespace, services) -> int:
+    from chatty.finetune.dataset import write_jsonl_lines
+
+    store = services.store
+    ids = args.conversation or [c.id for c in reversed(store.list_conversations())]
+    conversations = [store.get_conversation(conversation_id) for conversation_id in ids]
+    if args.format == "jsonl":
+        records = []
+        for conversation in conversations:
+            messages = [{"role": "system", "content": conversation.system_prompt}] if conversation.system_prompt else []
+            messages += [message.as_chat() for message in store.messages(conversation.id)]
+            records.append(messages)
+        text = write_jsonl_lines(records)
+    else:
+        text = "\n".join(_markdown(conversation, store.messages(conversation.id)) for conversation in conversations)
+    if args.output:
+        args.output.write_text(text, encoding="utf-8")
+        print(f"Wrote {len(conversations)} conversations to {args.output}.", file=sys.stderr)
+    else:
+        sys.stdout.write(escape_controls(text) if sys.stdout.isatty() else text)
+    return 0
+
+
+def _markdown(conversation, messages) -> str:
+    lines = [f"# {conversation.title}", ""]
+    if conversation.system_prompt:
+        lines += ["**system**", "", conversation.system_prompt, ""]
+    for message in messages:
+        details = f" ({message.model}, {message.status})" if message.role == "assistant" and message.model else ""
+        lines += [f"**{message.role}**{details}", "", message.content, ""]
+    return "\n".join(lines)
+
+
+def import_file(args: argparse.Namespace, services) -> int:
+    from chatty.chat import DEFAULT_TITLE, title_from
+    from chatty.finetune.dataset import read_jsonl
+
+    conversations = read_jsonl(args.file)
+    entries = []
+    for messages in conversations:
+        first_user = next((m["content"] for m in messages if m["role"] == "user" and m["content"].strip()), "")
+        entries.append((title_from(first_user) if first_user else DEFAULT_TITLE, messages))
+    ids = services.store.import_conversations(entries)
+    print(f"Imported {len(ids)} conversations from {args.file} (ids {ids[0]} to {ids[-1]}).")
     return 0
 
 

@@ -64,6 +64,31 @@ class GenerationConfig:
 
 
 @dataclass
+class FinetuneConfig:
+    """LoRA fine-tuning defaults; the fine-tune screen and `chatty finetune` flags start from these."""
+
+    rank: int = _option(8, "LoRA rank r: the inner dimension of each low-rank update.", minimum=1)
+    alpha: float = _option(16.0, "LoRA alpha: updates are scaled by alpha / rank.", minimum=0.0)
+    dropout: float = _option(0.05, "Dropout on the LoRA input during training.", minimum=0.0, maximum=1.0)
+    target_modules: list[str] = _option(
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        "Names of the linear layers that get LoRA updates (Hugging Face module names).",
+    )
+    learning_rate: float = _option(1e-3, "Peak learning rate of AdamW, reached after warmup and decayed by a cosine.", minimum=0.0)
+    epochs: int = _option(3, "Passes over the training conversations.", minimum=1)
+    max_seq_length: int = _option(512, "Tokens per example; longer conversations are truncated.", minimum=16)
+    batch_size: int = _option(4, "Conversations per optimizer micro-batch, grouped by length to avoid padding.", minimum=1)
+    gradient_accumulation: int = _option(1, "Micro-batches summed into one optimizer step.", minimum=1)
+    seed: int = _option(0, "Random seed for LoRA initialization, shuffling and the validation split.")
+    validation_fraction: float = _option(
+        0.1, "Share of conversations held out to measure validation loss (needs at least 8 conversations).", minimum=0.0, maximum=0.5
+    )
+    gradient_checkpointing: bool = _option(False, "Recompute activations in the backward pass: less memory, about 30% slower.")
+    qlora: bool = _option(False, "Load the base in 4-bit NF4 with bitsandbytes (QLoRA). Needs a CUDA GPU.")
+    include_unfinished: bool = _option(False, "Also train on replies that were stopped or interrupted.")
+
+
+@dataclass
 class UIConfig:
     """The terminal interface."""
 
@@ -82,6 +107,11 @@ class KeysConfig:
     delete_conversation: str = _option("f8", "Delete the selected conversation, after confirmation.")
     search: str = _option("ctrl+f", "Search all messages.")
     settings: str = _option("f4", "Edit the system prompt and generation parameters of this conversation.")
+    switch_model: str = _option("ctrl+t", "Choose the model, backend and adapter for the next replies.")
+    star_conversation: str = _option("f9", "Star or unstar the selected conversation (for picking training data).")
+    finetune: str = _option("ctrl+r", "Open the fine-tune screen: train a LoRA adapter on saved conversations.")
+    use_adapter: str = _option("f6", "On the fine-tune screen: switch the chat to the adapter just trained.")
+    close_finetune: str = _option("escape", "Leave the fine-tune screen (asks first while training runs).")
     copy_reply: str = _option("f5", "Copy the selected reply, or the last one.")
     copy_code: str = _option("ctrl+o", "Copy a code block from the selected reply, or the last one.")
     focus_prompt: str = _option("ctrl+l", "Move the cursor to the prompt.")
@@ -95,6 +125,7 @@ class Config:
     paths: PathsConfig = field(default_factory=PathsConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     ui: UIConfig = field(default_factory=UIConfig)
     keys: KeysConfig = field(default_factory=KeysConfig)
 

@@ -9,6 +9,8 @@ from pathlib import Path
 
 from chatty.backends import Backend, LoadOptions, create_backend
 from chatty.config import Config
+from chatty.errors import ModelError
+from chatty.models.adapters import AdapterCatalog, AdapterInfo
 from chatty.models.catalog import ModelCatalog, ModelInfo
 
 log = logging.getLogger(__name__)
@@ -29,10 +31,11 @@ class Runtime:
     `load` blocks for as long as a model takes to load, so the TUI calls it from a worker thread.
     """
 
-    def __init__(self, config: Config, catalog: ModelCatalog, cache_dir: Path | None = None):
+    def __init__(self, config: Config, catalog: ModelCatalog, cache_dir: Path | None = None, adapters_dir: Path | None = None):
         self.config = config
         self.catalog = catalog
         self.cache_dir = cache_dir
+        self.adapters = AdapterCatalog(adapters_dir) if adapters_dir is not None else None
         self.backend: Backend | None = None
         self._lock = threading.Lock()
 
@@ -72,6 +75,19 @@ class Runtime:
             if current is not None:
                 current.close()
             return backend
+
+    def resolve_adapter(self, reference: str) -> AdapterInfo:
+        if self.adapters is None:
+            raise ModelError("No adapters folder is configured.")
+        return self.adapters.resolve(reference)
+
+    def set_adapter(self, reference: str | None) -> None:
+        """Attach an adapter by name or path, or detach with None, on the loaded backend (loading the default first)."""
+        adapter = self.resolve_adapter(reference) if reference else None
+        backend = self.backend if self.backend is not None else self.load()
+        with self._lock:
+            backend.set_adapter(adapter)
+        log.info("adapter on %s/%s is now %s", backend.name, backend.model.id, adapter.name if adapter else "none")
 
     def close(self) -> None:
         with self._lock:

@@ -7,8 +7,7 @@ from dataclasses import fields
 
 from textual.widgets import Input
 
-from chatty.cli import Services
-from chatty.config import Config, KeysConfig, resolve_paths
+from chatty.config import KeysConfig
 from chatty.store import Store
 from chatty.tui.app import ChattyApp
 from chatty.tui.screens.dialogs import ConfirmScreen, TextInputScreen
@@ -16,39 +15,7 @@ from chatty.tui.screens.help import HelpScreen
 from chatty.tui.screens.settings import SettingsScreen
 from chatty.tui.widgets.message import AssistantMessage, UserMessage
 
-SIZE = (120, 40)
-LONG_PROMPT = "Write a very long story about a dragon who learns to sail."
-
-
-def make_app(**changes) -> ChattyApp:
-    config = Config()
-    config.generation.temperature = 0.0
-    config.generation.max_tokens = 200
-    for dotted, value in changes.items():
-        section, key = dotted.split("__")
-        setattr(getattr(config, section), key, value)
-    return ChattyApp(Services(config, resolve_paths(config)))
-
-
-async def wait_until(pilot, condition, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out waiting for the app"
-        await pilot.pause(0.02)
-
-
-async def wait_for_model(pilot, app: ChattyApp) -> None:
-    await wait_until(pilot, lambda: app.services.runtime.backend is not None and not app.status.activity)
-
-
-async def send(pilot, app: ChattyApp, text: str) -> None:
-    app.prompt.text = text
-    app.prompt.focus()
-    await pilot.press("enter")
-
-
-def notifications(app: ChattyApp) -> list[str]:
-    return [notification.message for notification in app._notifications]
+from tui_helpers import LONG_PROMPT, SIZE, make_app, notifications, send, wait_for_model, wait_until
 
 
 async def test_reply_streams_in_steps():
@@ -117,7 +84,7 @@ async def test_restart_finds_conversation(chatty_home):
 
 
 async def test_keys_handled_while_streaming():
-    app = make_app(generation__max_tokens=120)
+    app = make_app(generation__max_tokens=600)
     async with app.run_test(size=SIZE) as pilot:
         await wait_for_model(pilot, app)
         await send(pilot, app, LONG_PROMPT)
@@ -201,7 +168,8 @@ async def test_palette_has_every_action():
         titles = {command.title for command in app.get_system_commands(app.screen)}
     expected = {
         "New conversation", "Rename conversation", "Delete conversation", "Search messages", "Conversation settings",
-        "Copy reply", "Copy code block", "Stop reply", "Toggle sidebar", "Key bindings", "Quit",
+        "Copy reply", "Copy code block", "Stop reply", "Toggle sidebar", "Key bindings", "Quit", "Switch model",
+        "Star conversation", "Fine-tune",
     }
     assert expected <= titles
     app.services.close()
@@ -291,4 +259,20 @@ async def test_new_conversation_key():
         await send(pilot, app, "Hello again")
         await wait_until(pilot, lambda: bool(app.query(AssistantMessage)) and not app._generating)
         assert app.conversation_id not in (None, first)
+    app.services.close()
+
+
+async def test_key_burst_keeps_order():
+    """Keys that arrive in one burst, as over SSH, are handled in order: Enter sends only what came before it."""
+    from textual import events
+
+    app = make_app(generation__max_tokens=5)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for_model(pilot, app)
+        app.prompt.focus()
+        for key, character in (("h", "h"), ("i", "i"), ("ctrl+j", None), ("o", "o"), ("enter", "\r"), ("x", "x")):
+            app.post_message(events.Key(key, character))
+        await wait_until(pilot, lambda: bool(app.query(UserMessage)) and not app._generating)
+        assert app.query(UserMessage).last().text == "hi\no"
+        assert app.prompt.text == "x"
     app.services.close()

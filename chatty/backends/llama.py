@@ -10,10 +10,12 @@ import os
 import random
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 from chatty.backends.base import Backend, Generation, GenerationParams, LoadOptions, Message, Clock
 from chatty.backends.decoding import ByteDecoder
 from chatty.errors import ContextOverflow, ModelError
+from chatty.models.adapters import GGUF_FILE, AdapterInfo
 from chatty.models.catalog import ModelInfo
 from chatty.models.template import ChatTemplate, RenderedPrompt
 
@@ -64,6 +66,8 @@ class LlamaBackend(Backend):
         self._template: ChatTemplate | None = None
         self._bos_id: int | None = None
         self._add_bos = False
+        # LoRA GGUF path -> (file size and mtime, llama_adapter_lora handle), freed in close().
+        self._lora_handles: dict[Path, tuple[tuple[int, int], object]] = {}
 
     def load(self, model: ModelInfo) -> None:
         if model.format != "gguf":
@@ -122,6 +126,7 @@ class LlamaBackend(Backend):
 
     def close(self) -> None:
         if self._llm is not None:
+            self._free_adapters()
             self._llm.close()
         self._llm = None
         self.model = None
@@ -160,6 +165,96 @@ class LlamaBackend(Backend):
     def detokenize(self, token_ids: list[int]) -> str:
         pieces = b"".join(self.token_bytes(token_id) for token_id in token_ids)
         return pieces.decode("utf-8", errors="replace")
+
+    def set_adapter(self, adapter: AdapterInfo | None) -> None:
+        """Attach the adapter's LoRA GGUF to the loaded model, or detach the current one when `adapter` is None.
+
+        The base model stays loaded. Handles stay cached by path, so switching back to an adapter
+        does not read its file again.
+        NOTE: callers must not switch while a reply is streaming, because switching clears the KV cache
+        that the reply is using.
+        """
+        llm = self.llm
+        if adapter is None:
+            if self.adapter is not None:
+                self._apply_lora(None)
+                log.info("detached adapter %s from %s", self.adapter.name, self.model.id)
+            self.adapter = None
+            return
+
+        started = time.perf_counter()
+        adapter.check_fits(self.model)
+        path = adapter.gguf_path
+        if path is None:
+            raise ModelError(
+                f"Adapter '{adapter.name}' has no {GGUF_FILE}, which the llama backend needs. "
+                f"Convert it with `python -m chatty.finetune.gguf_lora {adapter.path}`, or use --backend torch."
+            )
+        handle, stale = self._lora_handle(adapter, path, llm)
+        self._apply_lora(handle)
+        self.adapter = adapter
+        if stale is not None:
+            # The file changed since it was read, and the old handle is detached now, so it can be freed.
+            import llama_cpp
+
+            llama_cpp.llama_adapter_lora_free(stale)
+        log.info("attached adapter %s to %s in %.3f s", adapter.name, self.model.id, time.perf_counter() - started)
+
+    def _lora_handle(self, adapter: AdapterInfo, path: Path, llm):
+        """Return the llama_adapter_lora for a LoRA GGUF and the stale handle it replaces, if any.
+
+        The file is read only when it is not cached or changed since it was read.
+        """
+        import llama_cpp
+
+        path = path.resolve()
+        stat = path.stat()
+        version = (stat.st_size, stat.st_mtime_ns)
+        cached = self._lora_handles.get(path)
+        if cached is not None and cached[0] == version:
+            return cached[1], None
+
+        handle = llama_cpp.llama_adapter_lora_init(llm._model.model, str(path).encode("utf-8"))
+        # The binding returns a NULL pointer, which is falsy, when llama.cpp rejects the file.
+        if not handle:
+            log.error("llama.cpp rejected adapter %s for %s", path, self.model.path)
+            raise ModelError(
+                f"Adapter '{adapter.name}' ({path}) does not fit the loaded model {self.model.id}: "
+                f"{_lora_mismatch(path, self.model.path)}. Convert the adapter again for {self.model.id}, "
+                "or load the model it was made for."
+            )
+        self._lora_handles[path] = (version, handle)
+        return handle, cached[1] if cached is not None else None
+
+    def _apply_lora(self, handle) -> None:
+        """Set the context's adapters to `handle` alone, or to none, and drop the cached prompt state."""
+        import llama_cpp
+
+        llm = self.llm
+        if handle is None:
+            status = llama_cpp.llama_set_adapters_lora(llm._ctx.ctx, None, 0, None)
+        else:
+            handles = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(handle)
+            scales = (ctypes.c_float * 1)(1.0)
+            status = llama_cpp.llama_set_adapters_lora(llm._ctx.ctx, handles, 1, scales)
+        if status != 0:
+            raise ModelError(f"llama.cpp failed to set the adapter on {self.model.id} (status {status}). The log contains llama.cpp's reason.")
+
+        # The KV cache contains keys and values computed with the previous weights. reset() also stops
+        # llama-cpp-python's generate() from reusing a cached prompt prefix.
+        llm._ctx.kv_cache_clear()
+        llm.reset()
+
+    def _free_adapters(self) -> None:
+        """Detach and free every cached adapter handle, which must happen before llama.cpp frees the model."""
+        import llama_cpp
+
+        if self._lora_handles:
+            llama_cpp.llama_set_adapters_lora(self.llm._ctx.ctx, None, 0, None)
+        for _, handle in self._lora_handles.values():
+            llama_cpp.llama_adapter_lora_free(handle)
+        self._lora_handles.clear()
+        self.adapter = None
 
     def token_bytes(self, token_id: int, special: bool = False) -> bytes:
         """Return a token's bytes; control tokens are empty unless `special` is set."""
@@ -228,3 +323,26 @@ def _token_text(vocab, token_id: int) -> str:
     if token_id < 0:
         return ""
     return vocab.token_get_text(token_id)
+
+
+def _lora_mismatch(adapter_path: Path, model_path: Path) -> str:
+    """Describe the first way a LoRA GGUF does not match a model's GGUF, for an error message."""
+    from chatty.models.gguf_info import read_gguf_info
+
+    adapter = read_gguf_info(adapter_path)
+    model = read_gguf_info(model_path)
+    if adapter.metadata.get("general.type") != "adapter" or adapter.metadata.get("adapter.type") != "lora":
+        return "it is not a LoRA adapter GGUF"
+    if adapter.architecture != model.architecture:
+        return f"it is for the '{adapter.architecture}' architecture, but the model is '{model.architecture}'"
+    model_shapes = {tensor.name: tensor.shape for tensor in model.tensors}
+    for tensor in adapter.tensors:
+        base_name, _, part = tensor.name.rpartition(".")
+        base_shape = model_shapes.get(base_name)
+        if base_shape is None:
+            return f"the model has no tensor {base_name}"
+        # GGUF dimension order: lora_a is (in_features, rank), lora_b is (rank, out_features).
+        fits = tensor.shape[0] == base_shape[0] if part == "lora_a" else tensor.shape[-1] == base_shape[-1]
+        if not fits:
+            return f"its {tensor.name} has shape {tensor.shape}, but the model's {base_name} has shape {base_shape}"
+    return "llama.cpp rejected it, and the log contains the reason"

@@ -67,10 +67,16 @@ class AdapterInfo:
         return ("llama", "torch") if self.gguf_path else ("torch",)
 
     def fits(self, model: ModelInfo) -> bool:
-        """Whether the adapter was trained on this base model: by weights hash when recorded, else by id."""
+        """Whether the adapter was trained on this base model: by weights hash when recorded, else by id.
+
+        An adapter without chatty's metadata (made by another tool) records no base, so it counts as
+        fitting; the backends then reject it if its tensor shapes do not match the loaded model.
+        """
         if self.base_model_hash:
             return self.base_model_hash == model.file_hash()
-        return self.base_model_id is not None and self.base_model_id == model.id
+        if self.base_model_id:
+            return self.base_model_id == model.id
+        return True
 
     def check_fits(self, model: ModelInfo) -> None:
         """Raise ModelError naming both models when the adapter was trained on another base."""

@@ -133,12 +133,39 @@ class Store:
             raise ConversationNotFound(f"Conversation {conversation_id} not found. Run `chatty list` to see the ids.")
         return Conversation.from_row(row)
 
-    def list_conversations(self, limit: int | None = None) -> list[Conversation]:
-        """Return conversations, most recently updated first."""
+    def list_conversations(self, limit: int | None = None, starred: bool = False) -> list[Conversation]:
+        """Return conversations, most recently updated first; only starred ones when `starred` is set."""
+        where = "WHERE starred = 1" if starred else ""
         rows = self.db.connection.execute(
-            "SELECT * FROM conversations ORDER BY updated_at DESC, id DESC LIMIT ?", (limit if limit else -1,)
+            f"SELECT * FROM conversations {where} ORDER BY updated_at DESC, id DESC LIMIT ?", (limit if limit else -1,)
         )
         return [Conversation.from_row(row) for row in rows]
+
+    def message_counts(self) -> dict[int, int]:
+        """Return the number of messages in each conversation, by conversation id."""
+        rows = self.db.connection.execute("SELECT conversation_id, COUNT(*) FROM messages GROUP BY conversation_id")
+        return {row[0]: row[1] for row in rows}
+
+    def import_conversations(self, conversations: list[tuple[str, list[dict]]]) -> list[int]:
+        """Insert (title, messages) pairs in one transaction: all of them are saved, or none."""
+        ids = []
+        with self.db.transaction() as connection:
+            for title, messages in conversations:
+                timestamp = now()
+                system = "".join(m["content"] for m in messages[:1] if m["role"] == "system")
+                cursor = connection.execute(
+                    "INSERT INTO conversations (title, system_prompt, params, created_at, updated_at) VALUES (?, ?, '{}', ?, ?)",
+                    (title, system, timestamp, timestamp),
+                )
+                conversation_id = cursor.lastrowid
+                for message in messages[1:] if system else messages:
+                    connection.execute(
+                        "INSERT INTO messages (conversation_id, role, content, status, created_at, updated_at)"
+                        " VALUES (?, ?, ?, 'complete', ?, ?)",
+                        (conversation_id, message["role"], message["content"], timestamp, timestamp),
+                    )
+                ids.append(conversation_id)
+        return ids
 
     def update_conversation(self, conversation_id: int, **changes) -> Conversation:
         unknown = set(changes) - _CONVERSATION_FIELDS

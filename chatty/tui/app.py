@@ -27,7 +27,9 @@ from chatty.errors import ChattyError
 from chatty.text import code_blocks
 from chatty.tui.screens.code_picker import CodePickerScreen
 from chatty.tui.screens.dialogs import ConfirmScreen, TextInputScreen
+from chatty.tui.screens.finetune import FinetuneScreen
 from chatty.tui.screens.help import HelpScreen
+from chatty.tui.screens.model_picker import Choice, ModelPickerScreen
 from chatty.tui.screens.settings import ConversationSettings, SettingsScreen
 from chatty.tui.widgets.chat_view import ChatView
 from chatty.tui.widgets.message import AssistantMessage, ReplyDetails, UserMessage
@@ -40,6 +42,8 @@ log = logging.getLogger(__name__)
 KEYS = KeysConfig()
 SEARCH_DELAY_SECONDS = 0.2
 FLUSH_SECONDS = 1 / 30
+# App actions that work over any screen; the rest belong to the chat screen.
+GLOBAL_ACTIONS = {"quit", "help", "command_palette"}
 
 
 @dataclass
@@ -85,6 +89,9 @@ class ChattyApp(App):
         Binding(KEYS.delete_conversation, "delete_conversation", "Delete", id="delete_conversation"),
         Binding(KEYS.search, "search", "Search", id="search", show=False),
         Binding(KEYS.settings, "settings", "Settings", id="settings"),
+        Binding(KEYS.switch_model, "switch_model", "Model", id="switch_model"),
+        Binding(KEYS.star_conversation, "star_conversation", "Star", id="star_conversation", show=False),
+        Binding(KEYS.finetune, "finetune", "Fine-tune", id="finetune"),
         Binding(KEYS.copy_reply, "copy_reply", "Copy", id="copy_reply"),
         Binding(KEYS.copy_code, "copy_code", "Copy code", id="copy_code", show=False),
         Binding(KEYS.focus_prompt, "focus_prompt", "Prompt", id="focus_prompt", show=False),
@@ -170,6 +177,31 @@ class ChattyApp(App):
             return
         self.post_message(ModelLoaded(loaded.context_length))
 
+    def action_switch_model(self) -> None:
+        if self._generating:
+            self.notify("A reply is still streaming. Press Esc to stop it first.", severity="warning")
+            return
+
+        def switch(choice: Choice | None) -> None:
+            if choice is not None:
+                self.switch_runtime(choice)
+
+        self.push_screen(ModelPickerScreen(self.services.runtime), switch)
+
+    @work(thread=True, exclusive=True, group="load")
+    def switch_runtime(self, choice: Choice) -> None:
+        """Load the chosen model and backend (a no-op when they are loaded already), then set the adapter."""
+        self.call_from_thread(self._show_loading, choice.model)
+        runtime = self.services.runtime
+        try:
+            backend = runtime.load(choice.model, choice.backend)
+            runtime.set_adapter(choice.adapter)
+        except Exception as error:  # shown to the user; the previous model stays loaded
+            log.error("switching to %s failed: %s", choice, error, exc_info=not isinstance(error, ChattyError))
+            self.post_message(ModelFailed(error))
+            return
+        self.post_message(ModelLoaded(backend.context_length))
+
     def _show_loading(self, model: str | None) -> None:
         self.status.activity = f"loading {model or 'model'}…"
         self.set_busy(True)
@@ -188,8 +220,12 @@ class ChattyApp(App):
     def on_model_failed(self, event: ModelFailed) -> None:
         self.status.activity = ""
         self.set_busy(self._generating)
-        if self.services.runtime.choice is None:
+        choice = self.services.runtime.choice
+        if choice is None:
             self.status.model = "no model loaded"
+        else:
+            # Whatever is loaded after the failure, the status line says it.
+            self.status.model, self.status.backend, self.status.adapter = choice.model, choice.backend, choice.adapter
         self.notify(str(event.error), title="Model not loaded", severity="error", timeout=15)
 
     @work(thread=True, exclusive=True, group="context")
@@ -288,6 +324,34 @@ class ChattyApp(App):
         question = f"Delete '{conversation.title}' and all its messages? This cannot be undone."
         self.push_screen(ConfirmScreen(question), delete)
 
+    def action_finetune(self) -> None:
+        import importlib.util
+
+        missing = [name for name in ("torch", "transformers", "peft") if importlib.util.find_spec(name) is None]
+        if missing:
+            self.notify(f"Fine-tuning needs {', '.join(missing)}. Install them with: pip install 'chatty[torch]'",
+                        title="Fine-tuning unavailable", severity="error", timeout=15)
+            return
+        if self._generating:
+            self.notify("A reply is still streaming. Press Esc to stop it first.", severity="warning")
+            return
+
+        def use(choice: Choice | None) -> None:
+            if choice is not None:
+                self.switch_runtime(choice)
+
+        self.push_screen(FinetuneScreen(self.services), use)
+
+    def action_star_conversation(self) -> None:
+        conversation_id = self._target_conversation()
+        if conversation_id is None:
+            self.notify("No conversation to star yet. Send a message first.", severity="warning")
+            return
+        conversation = self.services.store.get_conversation(conversation_id)
+        self.services.store.update_conversation(conversation_id, starred=not conversation.starred)
+        self.refresh_sidebar()
+        self.notify(f"{'Unstarred' if conversation.starred else 'Starred'} '{conversation.title}'.")
+
     def action_search(self) -> None:
         self.sidebar.remove_class("-hidden")
         self.sidebar.search_input.focus()
@@ -333,7 +397,7 @@ class ChattyApp(App):
         """Return (keys, description, binding id) for every binding that has an id."""
         keymap = self._keymap
         rows = []
-        for binding in [*self.BINDINGS, *PromptInput.BINDINGS]:
+        for binding in [*self.BINDINGS, *PromptInput.BINDINGS, *FinetuneScreen.BINDINGS]:
             if binding.id:
                 rows.append((keymap.get(binding.id, binding.key), binding.description, binding.id))
         return rows
@@ -341,13 +405,13 @@ class ChattyApp(App):
     # Sending and streaming
 
     async def on_prompt_input_submitted(self, event: PromptInput.Submitted) -> None:
+        text = event.text
         if self._generating:
+            event.prompt.put_back(text)
             self.notify("A reply is still streaming. Press Esc to stop it, then send.", severity="warning")
             return
-        text = event.text
         if self.conversation_id is None:
             self.conversation_id = self.services.chat.new_conversation().id
-        event.prompt.clear()
         self._generating = True
         self._stop_requested = False
         self.set_busy(True)
@@ -454,7 +518,10 @@ class ChattyApp(App):
         if action == "stop":
             # Without a reply to stop, Esc goes on to the focused widget or dialog.
             return self._generating
-        return True
+        if action in GLOBAL_ACTIONS:
+            return True
+        # The chat actions act on the chat screen, so they are off while another screen is on top.
+        return len(self.screen_stack) == 1
 
     def action_stop(self) -> None:
         self._stop_requested = True
@@ -515,6 +582,9 @@ class ChattyApp(App):
         yield SystemCommand("Search messages", "Search all conversations", self.action_search)
         yield SystemCommand("Conversation settings", "System prompt, temperature, top p, max tokens",
                             self.action_settings)
+        yield SystemCommand("Switch model", "Choose the model, backend and adapter", self.action_switch_model)
+        yield SystemCommand("Fine-tune", "Train a LoRA adapter on saved conversations", self.action_finetune)
+        yield SystemCommand("Star conversation", "Star or unstar the selected conversation", self.action_star_conversation)
         yield SystemCommand("Copy reply", "Copy the selected reply, or the last one", self.action_copy_reply)
         yield SystemCommand("Copy code block", "Copy a code block from the selected reply", self.action_copy_code)
         yield SystemCommand("Stop reply", "Stop the reply that is streaming", self.action_stop)

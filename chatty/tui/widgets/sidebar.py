@@ -61,7 +61,8 @@ class Sidebar(Vertical):
         option_list = self.option_list
         option_list.clear_options()
         option_list.add_options(
-            Option(Text(show_controls(conversation.title), no_wrap=True, overflow="ellipsis"), id=str(conversation.id))
+            Option(Text(("★ " if conversation.starred else "") + show_controls(conversation.title), no_wrap=True,
+                        overflow="ellipsis"), id=str(conversation.id))
             for conversation in conversations
         )
         self.highlight(current_id)

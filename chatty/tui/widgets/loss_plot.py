@@ -1,0 +1,42 @@
+"""A live plot of training and validation loss by optimizer step."""
+
+from __future__ import annotations
+
+from textual_plotext import PlotextPlot
+
+
+class LossPlot(PlotextPlot):
+    """Training loss as a line, validation loss as points; redrawn when a value arrives."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.train: list[tuple[int, float]] = []
+        self.validation: list[tuple[int, float]] = []
+
+    def on_mount(self) -> None:
+        super().on_mount()
+        self.redraw()
+
+    def reset(self) -> None:
+        self.train.clear()
+        self.validation.clear()
+        self.redraw()
+
+    def add_train(self, step: int, loss: float) -> None:
+        self.train.append((step, loss))
+        self.redraw()
+
+    def add_validation(self, step: int, loss: float) -> None:
+        self.validation.append((step, loss))
+        self.redraw()
+
+    def redraw(self) -> None:
+        plt = self.plt
+        plt.clear_data()
+        plt.title("loss")
+        plt.xlabel("step")
+        if self.train:
+            plt.plot([s for s, _ in self.train], [v for _, v in self.train], label="train", marker="braille")
+        if self.validation:
+            plt.scatter([s for s, _ in self.validation], [v for _, v in self.validation], label="validation", marker="●")
+        self.refresh()

@@ -1,0 +1,43 @@
+"""Helpers for tests that drive the real app with Pilot."""
+
+from __future__ import annotations
+
+import time
+
+from chatty.cli import Services
+from chatty.config import Config, resolve_paths
+from chatty.tui.app import ChattyApp
+
+SIZE = (120, 40)
+LONG_PROMPT = "Write a very long story about a dragon who learns to sail."
+
+
+def make_app(**changes) -> ChattyApp:
+    config = Config()
+    config.generation.temperature = 0.0
+    config.generation.max_tokens = 200
+    for dotted, value in changes.items():
+        section, key = dotted.split("__")
+        setattr(getattr(config, section), key, value)
+    return ChattyApp(Services(config, resolve_paths(config)))
+
+
+async def wait_until(pilot, condition, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting for the app"
+        await pilot.pause(0.02)
+
+
+async def wait_for_model(pilot, app: ChattyApp) -> None:
+    await wait_until(pilot, lambda: app.services.runtime.backend is not None and not app.status.activity)
+
+
+async def send(pilot, app: ChattyApp, text: str) -> None:
+    app.prompt.text = text
+    app.prompt.focus()
+    await pilot.press("enter")
+
+
+def notifications(app: ChattyApp) -> list[str]:
+    return [notification.message for notification in app._notifications]
