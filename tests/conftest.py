@@ -38,3 +38,9 @@ def llama_backend(embedded_model):
     backend.load(embedded_model)
     yield backend
     backend.close()
+
+
+@pytest.fixture(scope="session")
+def torch_cache_dir(tmp_path_factory) -> Path:
+    """One cache folder for the session, so only the first load of the GGUF converts it."""
+    return tmp_path_factory.getbasetemp() / "torch-cache"

@@ -13,11 +13,13 @@ from chatty.runtime import Runtime
 from chatty.store import Store
 
 
-def make_service(tmp_path, n_ctx: int = 2048, temperature: float = 0.0) -> ChatService:
+def make_service(tmp_path, n_ctx: int = 2048, temperature: float = 0.0, backend: str = "llama",
+                 cache_dir=None) -> ChatService:
     config = Config()
     config.model.n_ctx = n_ctx
+    config.model.backend = backend
     config.generation.temperature = temperature
-    runtime = Runtime(config, ModelCatalog())
+    runtime = Runtime(config, ModelCatalog(), cache_dir)
     runtime.load()
     return ChatService(config, Store(tmp_path / "chatty.db"), runtime)
 
@@ -113,12 +115,14 @@ def test_too_long_message_saves_nothing(tmp_path):
     service.store.close()
 
 
-def test_overflow_drops_oldest_turns(tmp_path):
-    service = make_service(tmp_path, n_ctx=512)
+@pytest.mark.parametrize("backend", ["llama", "torch"])
+def test_overflow_drops_oldest_turns(tmp_path, backend, torch_cache_dir):
+    service = make_service(tmp_path, n_ctx=512, backend=backend, cache_dir=torch_cache_dir)
     store = service.store
     conversation = service.new_conversation()
     service.store.update_conversation(conversation.id, system_prompt="You are terse.",
                                       params={"temperature": 0.0, "max_tokens": 64})
+    # Each message is about 120 tokens, so eight turns of two need far more than 512.
     filler = " ".join(f"fact{index}" for index in range(55))
     for turn in range(8):
         store.add_message(conversation.id, "user", f"Turn {turn}: {filler}")
@@ -132,6 +136,21 @@ def test_overflow_drops_oldest_turns(tmp_path):
     assert len(reply.plan.prompt_ids) + reply.plan.max_tokens <= 512
     assert reply.status == "complete"
     assert text
+    service.runtime.close()
+    service.store.close()
+
+
+def test_switching_backend_keeps_history(tmp_path, torch_cache_dir):
+    service = make_service(tmp_path, cache_dir=torch_cache_dir)
+    conversation = service.new_conversation()
+    list(service.reply(conversation.id, "My name is Ada."))
+    service.runtime.load(backend_name="torch")
+    reply = service.reply(conversation.id, "What is my name?")
+    list(reply)
+    messages = service.store.messages(conversation.id)
+    assert [m.backend for m in messages if m.role == "assistant"] == ["llama", "torch"]
+    assert reply.plan.messages[0] == {"role": "user", "content": "My name is Ada."}
+    assert len(reply.plan.messages) == 3
     service.runtime.close()
     service.store.close()
 

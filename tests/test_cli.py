@@ -78,6 +78,27 @@ def test_ask_with_gguf_path(capsys, embedded_model):
     assert capsys.readouterr().out.strip()
 
 
+def test_both_backends_start_alike(chatty_home, torch_cache_dir):
+    (chatty_home / "cache").symlink_to(torch_cache_dir, target_is_directory=True)
+    replies = {}
+    for backend in ("llama", "torch"):
+        result = run_chatty("ask", "--backend", backend, "--temperature", "0", "Name three colors.")
+        assert result.returncode == 0, result.stderr
+        replies[backend] = result.stdout.split()
+    assert replies["torch"][:4] == replies["llama"][:4]
+
+
+def test_ask_with_missing_adapter(capsys):
+    status = main(["ask", "--adapter", "nope", "Hi"])
+    assert status == 1
+    assert "Adapter 'nope' not found" in capsys.readouterr().err
+
+
+def test_adapters_when_empty(capsys):
+    assert main(["adapters"]) == 0
+    assert "No adapters yet" in capsys.readouterr().out
+
+
 def test_list_after_ask(capsys):
     assert main(["ask", "--temperature", "0", "--max-tokens", "5", "Hello [bold]there[/bold]"]) == 0
     capsys.readouterr()

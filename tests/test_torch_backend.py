@@ -18,12 +18,6 @@ COLORS = [{"role": "user", "content": "Name three colors."}]
 GREEDY = GenerationParams(temperature=0, max_tokens=20)
 
 
-@pytest.fixture(scope="session")
-def torch_cache_dir(tmp_path_factory) -> Path:
-    """One cache folder for the session, so only the first load of the GGUF converts it."""
-    return tmp_path_factory.getbasetemp() / "torch-cache"
-
-
 @pytest.fixture(scope="module")
 def torch_backend(embedded_model, torch_cache_dir):
     from chatty.backends.torch import TorchBackend

@@ -15,7 +15,7 @@ from chatty.tui.screens.help import HelpScreen
 from chatty.tui.screens.settings import SettingsScreen
 from chatty.tui.widgets.message import AssistantMessage, UserMessage
 
-from tui_helpers import LONG_PROMPT, SIZE, make_app, notifications, send, wait_for_model, wait_until
+from tui_helpers import LONG_PROMPT, SIZE, make_app, notifications, press_now, send, wait_for_model, wait_until
 
 
 async def test_reply_streams_in_steps():
@@ -50,7 +50,7 @@ async def test_escape_stops_long_reply():
         await wait_until(pilot, lambda: bool(app.query(AssistantMessage)) and len(app.query(AssistantMessage).last().text) > 20)
         reply_widget = app.query(AssistantMessage).last()
         pressed_at = time.monotonic()
-        await pilot.press("escape")
+        await press_now(pilot, app, "escape")
         await wait_until(pilot, lambda: not app._generating, timeout=5)
         assert time.monotonic() - pressed_at < 1.0
         assert reply_widget.details.status == "stopped"
@@ -93,7 +93,7 @@ async def test_keys_handled_while_streaming():
         # A 10 ms timer measures how long the event loop goes without running while the reply streams.
         ticks: list[float] = []
         app.set_interval(0.01, lambda: ticks.append(time.monotonic()) if app._generating else None)
-        await pilot.press("o", "k")
+        await press_now(pilot, app, "o", "k")
         typed_while_generating = app._generating and app.prompt.text == "ok"
         await wait_until(pilot, lambda: not app._generating)
 
@@ -275,4 +275,36 @@ async def test_key_burst_keeps_order():
         await wait_until(pilot, lambda: bool(app.query(UserMessage)) and not app._generating)
         assert app.query(UserMessage).last().text == "hi\no"
         assert app.prompt.text == "x"
+    app.services.close()
+
+
+async def test_switch_backend_mid_conversation(chatty_home, torch_cache_dir):
+    from textual.widgets import OptionList
+
+    from chatty.tui.screens.model_picker import ModelPickerScreen
+
+    (chatty_home / "cache").symlink_to(torch_cache_dir, target_is_directory=True)
+    app = make_app(generation__max_tokens=20)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for_model(pilot, app)
+        await send(pilot, app, "Name three colors.")
+        await wait_until(pilot, lambda: bool(app.query(AssistantMessage)) and not app._generating)
+
+        await pilot.press("ctrl+t")
+        await wait_until(pilot, lambda: isinstance(app.screen, ModelPickerScreen))
+        picker = app.screen
+        backends = picker.query_one("#backend-list", OptionList)
+        await wait_until(pilot, lambda: backends.option_count == 2)
+        backends.highlighted = [backends.get_option_at_index(i).id for i in range(2)].index("torch")
+        await pilot.click("#switch")
+        await wait_until(pilot, lambda: app.services.runtime.choice.backend == "torch" and not app.status.activity)
+        assert app.status.backend == "torch"
+
+        await send(pilot, app, "Name three animals.")
+        await wait_until(pilot, lambda: len(app.query(AssistantMessage)) == 2 and not app._generating)
+        headers = [reply.header_text() for reply in app.query(AssistantMessage)]
+        assert "· llama" in headers[0]
+        assert "· torch" in headers[1]
+        saved = app.services.store.messages(app.conversation_id)
+        assert [m.backend for m in saved if m.role == "assistant"] == ["llama", "torch"]
     app.services.close()

@@ -34,9 +34,25 @@ async def wait_for_model(pilot, app: ChattyApp) -> None:
 
 
 async def send(pilot, app: ChattyApp, text: str) -> None:
+    """Type the prompt and press Enter without waiting for the reply.
+
+    Pilot.press waits until the app has no messages left to process, which during streaming
+    means until the reply ends, so keys for a streaming app are posted as events instead.
+    """
     app.prompt.text = text
     app.prompt.focus()
-    await pilot.press("enter")
+    await pilot.pause()
+    await press_now(pilot, app, "enter")
+
+
+async def press_now(pilot, app: ChattyApp, *keys: str) -> None:
+    """Post key events to the app as a terminal would, and return without waiting for the app to be idle."""
+    from textual import events
+
+    characters = {"enter": "\r"}
+    for key in keys:
+        app.post_message(events.Key(key, characters.get(key, key if len(key) == 1 else None)))
+    await pilot.pause(0.05)
 
 
 def notifications(app: ChattyApp) -> list[str]:

@@ -6,6 +6,7 @@ replies and renders what comes back, and never writes to the store from a widget
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from collections.abc import Iterable
@@ -76,6 +77,16 @@ class ModelLoaded(Message):
 @dataclass
 class ModelFailed(Message):
     error: Exception
+
+
+def _freeze_long_lived_objects() -> None:
+    """Move the objects that live as long as the app out of the garbage collector's view.
+
+    A full collection walks every tracked object. With a model library loaded that took up to 0.4 s
+    on the event loop in the middle of a streaming reply; frozen objects are skipped.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 class ChattyApp(App):
@@ -160,6 +171,7 @@ class ChattyApp(App):
             await self.chat_view.show_messages([])
         self.prompt.focus()
         self.load_model(self.initial_model, self.initial_backend)
+        _freeze_long_lived_objects()
 
     def set_busy(self, busy: bool) -> None:
         self.query_one("#busy").set_class(busy, "-active")
@@ -216,6 +228,7 @@ class ChattyApp(App):
         status.activity = ""
         self.set_busy(self._generating)
         self.update_context_use()
+        _freeze_long_lived_objects()
 
     def on_model_failed(self, event: ModelFailed) -> None:
         self.status.activity = ""
