@@ -308,3 +308,36 @@ async def test_switch_backend_mid_conversation(chatty_home, torch_cache_dir):
         saved = app.services.store.messages(app.conversation_id)
         assert [m.backend for m in saved if m.role == "assistant"] == ["llama", "torch"]
     app.services.close()
+
+
+async def test_long_history_loads_in_pages(chatty_home):
+    from chatty.tui.widgets.chat_view import PAGE_SIZE
+    from chatty.tui.widgets.message import MessageView
+
+    store = Store(chatty_home / "chatty.db")
+    messages = []
+    for index in range(125):
+        messages += [{"role": "user", "content": f"question {index}"}, {"role": "assistant", "content": f"answer {index}"}]
+    store.import_conversations([("Long", messages)])
+    store.close()
+
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_until(pilot, lambda: len(app.query(MessageView)) > 0)
+        await pilot.pause(0.3)
+        views = app.query(MessageView)
+        assert len(views) == PAGE_SIZE
+        assert views.last().text == "answer 124"
+
+        # Scrolling to the top loads the previous page and keeps the message that was first in view.
+        first_before = views.first()
+        app.chat_view.scroll_home(animate=False)
+        await wait_until(pilot, lambda: len(app.query(MessageView)) == 2 * PAGE_SIZE, timeout=10)
+        await pilot.pause(0.3)
+        assert app.chat_view.scroll_y > 0
+        assert app.chat_view.scroll_y == first_before.virtual_region.y
+
+        app.chat_view.scroll_home(animate=False)
+        await wait_until(pilot, lambda: len(app.query(MessageView)) == 3 * PAGE_SIZE, timeout=10)
+        assert app.query(MessageView).first().text == "question " + str(125 - 3 * PAGE_SIZE // 2)
+    app.services.close()

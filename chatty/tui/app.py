@@ -32,6 +32,7 @@ from chatty.tui.screens.finetune import FinetuneScreen
 from chatty.tui.screens.help import HelpScreen
 from chatty.tui.screens.model_picker import Choice, ModelPickerScreen
 from chatty.tui.screens.settings import ConversationSettings, SettingsScreen
+from chatty.tui.threads import call_soon
 from chatty.tui.widgets.chat_view import ChatView
 from chatty.tui.widgets.message import AssistantMessage, ReplyDetails, UserMessage
 from chatty.tui.widgets.prompt import PromptInput
@@ -180,7 +181,7 @@ class ChattyApp(App):
 
     @work(thread=True, exclusive=True, group="load")
     def load_model(self, model: str | None, backend: str | None) -> None:
-        self.call_from_thread(self._show_loading, model)
+        call_soon(self, self._show_loading, model)
         try:
             loaded = self.services.runtime.load(model, backend)
         except Exception as error:  # shown to the user; a failed load leaves the old model in place
@@ -203,7 +204,7 @@ class ChattyApp(App):
     @work(thread=True, exclusive=True, group="load")
     def switch_runtime(self, choice: Choice) -> None:
         """Load the chosen model and backend (a no-op when they are loaded already), then set the adapter."""
-        self.call_from_thread(self._show_loading, choice.model)
+        call_soon(self, self._show_loading, choice.model)
         runtime = self.services.runtime
         try:
             backend = runtime.load(choice.model, choice.backend)
@@ -252,7 +253,13 @@ class ChattyApp(App):
             conversation = self.services.store.get_conversation(self.conversation_id)
             messages = self.services.chat.history(conversation)
         used = backend.count_tokens(messages) if messages else 0
-        self.call_from_thread(setattr, self.status, "context_used", used)
+        call_soon(self, self._show_context_use, used)
+
+    def _show_context_use(self, used: int) -> None:
+        self.status.context_used = used
+
+    def _show_conversations(self, conversations) -> None:
+        self.sidebar.show(conversations, self.conversation_id)
 
     # Conversations
 
@@ -281,7 +288,7 @@ class ChattyApp(App):
         query = self._search_query.strip()
         store = self.services.store
         conversations = store.search_conversations(query, limit=500) if query else store.list_conversations(limit=500)
-        self.call_from_thread(self.sidebar.show, conversations, self.conversation_id)
+        call_soon(self, self._show_conversations, conversations)
 
     async def action_new_conversation(self) -> None:
         if self._generating:

@@ -30,6 +30,7 @@ from chatty.finetune.writer import check_adapter_name
 from chatty.models.adapters import read_adapter
 from chatty.tui.screens.dialogs import ConfirmScreen
 from chatty.tui.screens.model_picker import Choice
+from chatty.tui.threads import call_soon
 from chatty.tui.widgets.ab_panel import ABPanel
 from chatty.tui.widgets.loss_plot import LossPlot
 
@@ -162,7 +163,7 @@ class FinetuneScreen(Screen[Choice | None]):
     @work(thread=True, exclusive=True, group="models")
     def scan_models(self) -> None:
         models = [model for model in self.services.runtime.catalog.models() if "torch" in model.backends]
-        self.app.call_from_thread(self._show_models, models)
+        call_soon(self, self._show_models, models)
 
     def _show_models(self, models) -> None:
         select = self.query_one("#base", Select)
@@ -197,7 +198,7 @@ class FinetuneScreen(Screen[Choice | None]):
             summary = chosen.describe()
         except ChattyError as error:
             chosen, summary = None, str(error)
-        self.app.call_from_thread(self._show_selection, chosen, summary)
+        call_soon(self, self._show_selection, chosen, summary)
 
     def _select(self) -> selections.Selection:
         source = self.query_one("#source", Select).value
@@ -305,7 +306,7 @@ class FinetuneScreen(Screen[Choice | None]):
             self.post_message(TrainingEvent(Failed(str(error))))
         finally:
             self.process = None
-            self.app.call_from_thread(self._training_stopped)
+            call_soon(self, self._training_stopped)
 
     def _training_stopped(self) -> None:
         self.query_one("#start", Button).disabled = False

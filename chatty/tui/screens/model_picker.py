@@ -17,6 +17,7 @@ from chatty.models.adapters import AdapterInfo
 from chatty.models.catalog import ModelInfo
 from chatty.runtime import Runtime, RuntimeChoice
 from chatty.tui.screens.dialogs import DIALOG_CSS
+from chatty.tui.threads import call_soon
 
 NO_ADAPTER = "-"
 
@@ -89,7 +90,7 @@ class ModelPickerScreen(ModalScreen[Choice | None]):
         self.runtime.catalog.rescan()
         models = self.runtime.catalog.models()
         adapters = self.runtime.adapters.adapters() if self.runtime.adapters else []
-        self.app.call_from_thread(self._show_models, models, adapters)
+        call_soon(self, self._show_models, models, adapters)
 
     def _show_models(self, models: list[ModelInfo], adapters: list[AdapterInfo]) -> None:
         self.models, self.adapters = models, adapters
@@ -130,7 +131,7 @@ class ModelPickerScreen(ModalScreen[Choice | None]):
             return
         # fits() may hash the model file the first time, so it runs here, on a worker thread.
         fitting = [adapter for adapter in self.adapters if adapter.fits(model)]
-        self.app.call_from_thread(self._show_choices, model, fitting)
+        call_soon(self, self._show_choices, model, fitting)
 
     def _show_choices(self, model: ModelInfo, fitting: list[AdapterInfo]) -> None:
         backend_list = self.query_one("#backend-list", OptionList)

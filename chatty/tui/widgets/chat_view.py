@@ -9,7 +9,7 @@ from chatty.store import StoredMessage
 from chatty.tui.widgets.message import AssistantMessage, MessageView, ReplyDetails, UserMessage
 
 # Messages mounted when a conversation opens; older ones load in pages on request.
-PAGE_SIZE = 100
+PAGE_SIZE = 40
 
 
 def details_of(message: StoredMessage) -> ReplyDetails:
@@ -50,6 +50,7 @@ class ChatView(VerticalScroll):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self._hidden: list[StoredMessage] = []
+        self._loading_older = False
 
     async def show_messages(self, messages: list[StoredMessage]) -> None:
         """Replace the view with a conversation's messages; only the newest page is mounted."""
@@ -65,17 +66,35 @@ class ChatView(VerticalScroll):
         self.anchor()
 
     async def on_button_pressed(self, event: Button.Pressed) -> None:
-        if event.button.id != "older":
-            return
-        event.stop()
-        page = self._hidden[-PAGE_SIZE:]
-        self._hidden = self._hidden[: -len(page)]
-        first = self.query(MessageView).first()
-        await self.mount_all([message_widget(message) for message in page], before=first)
-        if self._hidden:
-            event.button.label = f"Show {min(PAGE_SIZE, len(self._hidden))} earlier messages"
-        else:
-            await event.button.remove()
+        if event.button.id == "older":
+            event.stop()
+            await self.load_older()
+
+    def watch_scroll_y(self, old_value: float, new_value: float) -> None:
+        super().watch_scroll_y(old_value, new_value)
+        # Reaching the top loads the previous page, as chat apps do.
+        if new_value <= 0 < old_value and self._hidden and not self._loading_older:
+            self._loading_older = True
+            self.call_later(self.load_older)
+
+    async def load_older(self) -> None:
+        """Mount the previous page of messages above the first one shown, keeping that one in view."""
+        try:
+            if not self._hidden:
+                return
+            page = self._hidden[-PAGE_SIZE:]
+            self._hidden = self._hidden[: -len(page)]
+            first = self.query(MessageView).first()
+            await self.mount_all([message_widget(message) for message in page], before=first)
+            button = self.query_one("#older", Button)
+            if self._hidden:
+                button.label = f"Show {min(PAGE_SIZE, len(self._hidden))} earlier messages"
+            else:
+                await button.remove()
+            # Once the new messages are laid out, scroll so the message that was first stays in view.
+            self.call_after_refresh(lambda: self.scroll_to(y=first.virtual_region.y, animate=False, immediate=True))
+        finally:
+            self._loading_older = False
 
     async def add_user(self, text: str) -> UserMessage:
         await self.query(".empty").remove()
