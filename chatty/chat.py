@@ -39,7 +39,7 @@ class Reply:
     """A reply being generated and saved. Iterate it (on a worker thread) for the text pieces.
 
     The assistant message is already in the database, with status 'interrupted' until the reply
-    ends; iteration saves the text at least every SAVE_INTERVAL_SECONDS and then the final status.
+    ends. Iteration saves the text at least every SAVE_INTERVAL_SECONDS, then the final status.
     """
 
     def __init__(self, store: Store, message: StoredMessage, user_message: StoredMessage, generation: Generation, plan: PromptPlan):
@@ -71,7 +71,23 @@ class Reply:
         except Exception as error:
             self._fail(error)
             raise
+        except BaseException:
+            # KeyboardInterrupt, or GeneratorExit when the caller stops iterating: keep what came.
+            self._stop()
+            raise
         self._finish()
+
+    def _stop(self) -> None:
+        self.generation.cancel()
+        self.status = "stopped"
+        stats = self.generation.stats
+        self.store.update_message(
+            self.message.id,
+            content=self.text,
+            status="stopped",
+            completion_tokens=len(self.generation.token_ids),
+            prompt_tokens=stats.prompt_tokens if stats else len(self.plan.prompt_ids),
+        )
 
     def _finish(self) -> None:
         stats = self.generation.stats
@@ -132,16 +148,18 @@ class ChatService:
             seed=params.get("seed"),
         )
 
-    def history(self, conversation: Conversation) -> list[dict]:
+    def history(self, conversation: Conversation, before: int | None = None) -> list[dict]:
         """Return the conversation as chat messages: the system prompt, then every kept turn.
 
         Replies that failed before producing text are left out; stopped and interrupted replies
-        count with the text they have.
+        count with the text they have. With `before`, only the messages ahead of that message id.
         """
         messages = []
         if conversation.system_prompt.strip():
             messages.append({"role": "system", "content": conversation.system_prompt})
         for message in self.store.messages(conversation.id):
+            if message.id == before:
+                break
             if message.role == "system" or not message.content:
                 continue
             messages.append(message.as_chat())
@@ -189,7 +207,8 @@ class ChatService:
             raise ChattyError("The message is empty. Type something to send.")
         backend = self.runtime.backend
         if backend is None:
-            backend = self.runtime.load()
+            # Loading a default here would hide a failed load behind another model's answer.
+            raise ChattyError("No model is loaded. Load one before sending a message.")
         choice: RuntimeChoice = self.runtime.choice
         conversation = self.store.get_conversation(conversation_id)
         params = self.params_for(conversation)

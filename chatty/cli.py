@@ -65,6 +65,16 @@ class Services:
             self._store.close()
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive number")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", type=Path, metavar="PATH", default=argparse.SUPPRESS,
@@ -98,8 +108,19 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--seed", type=int, metavar="N", help="random seed for sampling")
     ask.add_argument("--adapter", metavar="NAME", help="LoRA adapter to attach (see `chatty adapters`), by name or path")
 
+    tokenize = commands.add_parser(
+        "tokenize", parents=[common, model_options], help="print the tokens of a text with their ids",
+        description="Tokenize text with the model's own tokenizer and print each token's id and piece.",
+    )
+    tokenize.add_argument("text", nargs="?", help="the text; read from stdin when omitted, including any final newline")
+    tokenize.add_argument("--chat", action="store_true",
+                          help="apply the model's chat template first, with the text as one user message")
+    tokenize.add_argument("--json", action="store_true",
+                          help='print a JSON list of {"id", "piece", "special", "bytes"} objects instead of a table')
+
     listing = commands.add_parser("list", parents=[common], help="list saved conversations, newest first")
-    listing.add_argument("--limit", type=int, default=50, metavar="N", help="show at most N conversations (default: 50)")
+    listing.add_argument("--limit", type=_positive_int, default=50, metavar="N",
+                         help="show at most N conversations (default: 50)")
 
     commands.add_parser("models", parents=[common], help="list the models chatty finds, with their backends and sizes")
     commands.add_parser("adapters", parents=[common], help="list the LoRA adapters in the adapters folder")
@@ -167,6 +188,8 @@ def _dispatch(args: argparse.Namespace, services: Services) -> int:
         return commands.ask(args, services)
     if args.command == "list":
         return commands.list_conversations(args, services)
+    if args.command == "tokenize":
+        return commands.tokenize(args, services)
     if args.command == "models":
         return commands.list_models(args, services)
     if args.command == "adapters":

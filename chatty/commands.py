@@ -1,8 +1,9 @@
-"""The command-line commands other than parsing: ask, list, models and the TUI."""
+"""The command-line commands other than parsing: ask, tokenize, list, models and the TUI."""
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 
 from chatty.errors import ChattyError
@@ -13,7 +14,8 @@ def _print_table(rows: list[tuple], headers: tuple[str, ...]) -> None:
     """Print a table: aligned columns on a terminal, tab-separated lines for scripts."""
     if not sys.stdout.isatty():
         for row in (headers, *rows):
-            print("\t".join(str(cell) for cell in row))
+            # A tab or newline inside a cell would split it into columns or rows of its own.
+            print("\t".join(str(cell).replace("\t", " ").replace("\n", " ") for cell in row))
         return
 
     from rich.console import Console
@@ -28,14 +30,30 @@ def _print_table(rows: list[tuple], headers: tuple[str, ...]) -> None:
     Console(markup=False, highlight=False).print(table)
 
 
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
+
+
+def _report_skipped(skipped) -> None:
+    """Name the entries a listing left out, so a broken file does not vanish without a word."""
+    for path, reason in skipped:
+        print(f"chatty: skipped {path}: {reason}", file=sys.stderr)
+
+
 def ask(args: argparse.Namespace, services) -> int:
     question = args.question
     if question is None:
         if sys.stdin.isatty():
             raise ChattyError('No question given. Run chatty ask "your question", or pipe the question on stdin.')
-        question = sys.stdin.read()
+        # A piped question ends with the newline of its last line, which is not part of it.
+        question = sys.stdin.read().rstrip("\n")
     if not question.strip():
         raise ChattyError("The question is empty. Give some text to send.")
+    if args.system is not None and args.continue_id is not None:
+        raise ChattyError("--system sets the system prompt of a new conversation, so it cannot be used with --continue.")
+    overrides = {"temperature": args.temperature, "top_p": args.top_p, "max_tokens": args.max_tokens, "seed": args.seed}
+    overrides = {key: value for key, value in overrides.items() if value is not None}
+    _check_overrides(overrides)
 
     services.runtime.load(getattr(args, "model", None), getattr(args, "backend", None))
     if args.adapter:
@@ -48,29 +66,24 @@ def ask(args: argparse.Namespace, services) -> int:
         conversation = chat.new_conversation()
         if args.system is not None:
             store.update_conversation(conversation.id, system_prompt=args.system)
-
-    overrides = {
-        "temperature": args.temperature,
-        "top_p": args.top_p,
-        "max_tokens": args.max_tokens,
-        "seed": args.seed,
-    }
-    overrides = {key: value for key, value in overrides.items() if value is not None}
-    _check_overrides(overrides)
     if overrides:
         store.update_conversation(conversation.id, params={**conversation.params, **overrides})
 
-    reply = chat.reply(conversation.id, question)
+    try:
+        reply = chat.reply(conversation.id, question)
+    except ChattyError:
+        # A conversation made for this question and left empty would only clutter the list.
+        if args.continue_id is None and not store.messages(conversation.id):
+            store.delete_conversation(conversation.id)
+        raise
+
     escape = sys.stdout.isatty()
     try:
         for piece in reply:
             sys.stdout.write(escape_controls(piece) if escape else piece)
             sys.stdout.flush()
     except KeyboardInterrupt:
-        # Ctrl+C stops the reply; the generator finishes and saves it as stopped.
-        reply.cancel()
-        for piece in reply:
-            pass
+        # The reply saved itself as stopped when the interrupt left its loop.
         sys.stdout.write("\n")
         print(f"chatty: reply stopped; saved in conversation {conversation.id}.", file=sys.stderr)
         return 130
@@ -80,12 +93,56 @@ def ask(args: argparse.Namespace, services) -> int:
 
 
 def _check_overrides(overrides: dict) -> None:
+    # "not within" also rejects NaN, for which every comparison is false.
     if "temperature" in overrides and not 0 <= overrides["temperature"] <= 5:
         raise ChattyError(f"--temperature {overrides['temperature']} is out of range. Use a value from 0 to 5.")
     if "top_p" in overrides and not 0 < overrides["top_p"] <= 1:
         raise ChattyError(f"--top-p {overrides['top_p']} is out of range. Use a value above 0 and at most 1.")
     if "max_tokens" in overrides and overrides["max_tokens"] < 1:
         raise ChattyError(f"--max-tokens {overrides['max_tokens']} is invalid. Use a positive number of tokens.")
+
+
+def tokenize(args: argparse.Namespace, services) -> int:
+    """Print the tokens of a text: a table on a terminal, tab-separated lines in a pipe, or JSON."""
+    import json
+
+    from chatty.inspect import printable_piece
+
+    text = args.text
+    if text is None:
+        if sys.stdin.isatty():
+            raise ChattyError('No text given. Run chatty tokenize "your text", or pipe the text on stdin.')
+        text = sys.stdin.read()
+
+    backend = services.runtime.load(getattr(args, "model", None), getattr(args, "backend", None))
+    if args.chat:
+        token_ids = backend.tokenize_prompt([{"role": "user", "content": text}])
+    else:
+        token_ids = backend.tokenize(text)
+    pieces = backend.token_pieces(token_ids)
+
+    escape = sys.stdout.isatty()
+    if args.json:
+        records = [{"id": p.id, "piece": p.piece, "special": p.special, "bytes": p.data.hex()} for p in pieces]
+        output = json.dumps(records, ensure_ascii=False, indent=1 if escape else None)
+        # JSON escapes C0 controls but not DEL or C1 controls, which terminals may act on.
+        print(_JSON_UNESCAPED_CONTROLS.sub(lambda match: f"\\u{ord(match[0]):04x}", output))
+        return 0
+
+    rows = []
+    for index, piece in enumerate(pieces):
+        piece_text = printable_piece(piece.piece)
+        if escape:
+            # Quotes show where a piece starts and ends, which matters for pieces that begin with a space.
+            piece_text = '"' + escape_controls(piece_text).replace('"', '\\"') + '"'
+        rows.append((index, piece.id, piece_text, "yes" if piece.special else ""))
+    _print_table(rows, ("#", "ID", "PIECE", "SPECIAL"))
+    if escape:
+        print(f"{len(pieces)} tokens")
+    return 0
+
+
+_JSON_UNESCAPED_CONTROLS = re.compile("[\x7f-\x9f]")
 
 
 def list_conversations(args: argparse.Namespace, services) -> int:
@@ -104,6 +161,7 @@ def list_conversations(args: argparse.Namespace, services) -> int:
 
 def list_models(args: argparse.Namespace, services) -> int:
     models = services.runtime.catalog.models()
+    _report_skipped(services.runtime.catalog.skipped)
     if not models:
         print("No models found. Put .gguf files in one of: " + ", ".join(str(p) for p in services.paths.model_dirs))
         return 0
@@ -118,6 +176,7 @@ def list_models(args: argparse.Namespace, services) -> int:
 def list_adapters(args: argparse.Namespace, services) -> int:
     catalog = services.runtime.adapters
     adapters = catalog.adapters()
+    _report_skipped(catalog.skipped)
     if not adapters:
         print(f"No adapters yet in {catalog.folder}. Train one with: chatty finetune --name NAME --all")
         return 0
@@ -146,8 +205,11 @@ def export(args: argparse.Namespace, services) -> int:
     else:
         text = "\n".join(_markdown(conversation, store.messages(conversation.id)) for conversation in conversations)
     if args.output:
-        args.output.write_text(text, encoding="utf-8")
-        print(f"Wrote {len(conversations)} conversations to {args.output}.", file=sys.stderr)
+        try:
+            args.output.write_text(text, encoding="utf-8")
+        except OSError as error:
+            raise ChattyError(f"Cannot write {args.output}: {error.strerror}. Give a file path in a writable folder.") from None
+        print(f"Wrote {_count(len(conversations), 'conversation')} to {args.output}.", file=sys.stderr)
     else:
         sys.stdout.write(escape_controls(text) if sys.stdout.isatty() else text)
     return 0
@@ -173,7 +235,8 @@ def import_file(args: argparse.Namespace, services) -> int:
         first_user = next((m["content"] for m in messages if m["role"] == "user" and m["content"].strip()), "")
         entries.append((title_from(first_user) if first_user else DEFAULT_TITLE, messages))
     ids = services.store.import_conversations(entries)
-    print(f"Imported {len(ids)} conversations from {args.file} (ids {ids[0]} to {ids[-1]}).")
+    span = f"id {ids[0]}" if len(ids) == 1 else f"ids {ids[0]} to {ids[-1]}"
+    print(f"Imported {_count(len(ids), 'conversation')} from {args.file} ({span}).")
     return 0
 
 

@@ -20,8 +20,9 @@ APP_NAME = "chatty"
 HOME_ENV = "CHATTY_HOME"
 
 
-def _option(default, help: str, choices: tuple = (), minimum=None, maximum=None):
-    metadata = {"help": help, "choices": choices, "min": minimum, "max": maximum}
+def _option(default, help: str, choices: tuple = (), minimum=None, maximum=None, rule=None):
+    """A config field; `rule` is (check, requirement), where check(value) is True for valid values."""
+    metadata = {"help": help, "choices": choices, "min": minimum, "max": maximum, "rule": rule}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -44,7 +45,12 @@ class ModelConfig:
 
     default: str = _option("", "Model id (as `chatty models` lists it) or path to a .gguf file. Empty: the embedded SmolLM2-135M-Instruct.")
     backend: str = _option("llama", "Runtime: llama (llama.cpp, GGUF) or torch (transformers + PEFT).", choices=("llama", "torch"))
-    n_ctx: int = _option(4096, "Context window in tokens. 0: the model's training context.", minimum=0)
+    # llama-cpp-python sizes its token buffer by n_ctx while llama.cpp rounds small contexts up, so
+    # tiny values break generation; 256 tokens is below any useful chat.
+    n_ctx: int = _option(
+        4096, "Context window in tokens. 0: the model's training context.", minimum=0,
+        rule=(lambda value: value == 0 or value >= 256, "0 or at least 256"),
+    )
     threads: int = _option(0, "CPU threads for llama.cpp. 0: one per available core.", minimum=0)
     dtype: str = _option(
         "auto",
@@ -114,6 +120,9 @@ class KeysConfig:
     close_finetune: str = _option("escape", "Leave the fine-tune screen (asks first while training runs).")
     copy_reply: str = _option("f5", "Copy the selected reply, or the last one.")
     copy_code: str = _option("ctrl+o", "Copy a code block from the selected reply, or the last one.")
+    show_prompt: str = _option("f3", "Show the prompt and its tokens for the selected message, or for the text in the prompt box.")
+    show_odds: str = _option("ctrl+g", "Show the next-token odds of the selected reply, or of the last one.")
+    model_card: str = _option("f10", "Show model and adapter cards: architecture, size, quantization and LoRA settings.")
     focus_prompt: str = _option("ctrl+l", "Move the cursor to the prompt.")
     toggle_sidebar: str = _option("ctrl+b", "Show or hide the conversation list.")
     help: str = _option("f1", "Show the key bindings.")
@@ -232,6 +241,7 @@ def parse_config(text: str, path: Path | str = "config.toml") -> Config:
 
     locator = _KeyLocator(text)
     config = Config()
+    keys_table = data.get("keys") if isinstance(data.get("keys"), dict) else {}
     sections = {f.name: f for f in fields(Config)}
     for section_name, table in data.items():
         if section_name not in sections:
@@ -244,6 +254,7 @@ def parse_config(text: str, path: Path | str = "config.toml") -> Config:
             raise ConfigError(f"{path}:{line or '?'}: '{section_name}' must be a table, written as [{section_name}].")
         section = getattr(config, section_name)
         _apply_table(section, section_name, table, path, locator)
+    _check_keys(config.keys, keys_table, path, locator)
     return config
 
 
@@ -272,7 +283,53 @@ def _apply_table(section, section_name: str, table: dict, path, locator: _KeyLoc
             raise ConfigError(f"{path}:{line}: '{name}' must be at least {metadata['min']}, not {value!r}.")
         if metadata["max"] is not None and value > metadata["max"]:
             raise ConfigError(f"{path}:{line}: '{name}' must be at most {metadata['max']}, not {value!r}.")
+        if metadata["rule"] is not None and not metadata["rule"][0](value):
+            raise ConfigError(f"{path}:{line}: '{name}' must be {metadata['rule'][1]}, not {value!r}.")
         setattr(section, key, value)
+
+
+# Keys as Textual names them, besides single characters; modifiers join them with "+".
+KEY_MODIFIERS = {"ctrl", "shift", "alt", "super", "meta", "hyper"}
+NAMED_KEYS = {
+    "enter", "escape", "tab", "space", "backspace", "delete", "insert", "home", "end", "pageup", "pagedown",
+    "up", "down", "left", "right", *(f"f{number}" for number in range(1, 25)),
+    "comma", "full_stop", "slash", "backslash", "question_mark", "exclamation_mark", "plus", "minus", "underscore",
+    "equals_sign", "colon", "semicolon", "apostrophe", "quotation_mark", "number_sign", "dollar_sign",
+    "percent_sign", "ampersand", "asterisk", "at", "circumflex_accent", "grave_accent", "tilde", "vertical_line",
+    "left_parenthesis", "right_parenthesis", "left_square_bracket", "right_square_bracket",
+    "left_curly_bracket", "right_curly_bracket", "less_than_sign", "greater_than_sign",
+}
+# Bindings of the fine-tune screen, which hides the chat screen's bindings while it is shown.
+FINETUNE_SCREEN_BINDINGS = {"use_adapter", "close_finetune"}
+
+
+def _check_keys(keys: KeysConfig, table: dict, path, locator: _KeyLocator) -> None:
+    """Raise ConfigError for a key name Textual would not know, or a key bound twice on one screen."""
+    owners: dict[tuple[str, str], str] = {}
+    for option in fields(keys):
+        line = locator.find_key("keys", option.name) or "?"
+        value = getattr(keys, option.name)
+        scope = "finetune" if option.name in FINETUNE_SCREEN_BINDINGS else "chat"
+        for key in (part.strip() for part in value.split(",")):
+            if not _valid_key(key):
+                raise ConfigError(
+                    f"{path}:{line}: 'keys.{option.name}' has an invalid key {key!r}. Write keys as Textual names them, "
+                    "such as \"ctrl+s\", \"f5\", \"enter\" or \"alt+shift+up\"."
+                )
+            other = owners.setdefault((scope, key), option.name)
+            if other != option.name:
+                where = locator.find_key("keys", option.name if option.name in table else other) or "?"
+                raise ConfigError(
+                    f"{path}:{where}: the key {key!r} is bound to both 'keys.{other}' and 'keys.{option.name}'. "
+                    "Give one of them another key."
+                )
+
+
+def _valid_key(key: str) -> bool:
+    *modifiers, base = key.split("+") if key != "+" else ["+"]
+    if not base or any(modifier not in KEY_MODIFIERS for modifier in modifiers):
+        return False
+    return base in NAMED_KEYS or (len(base) == 1 and base.isprintable() and not base.isspace())
 
 
 def _has_type(value, expected) -> bool:

@@ -21,10 +21,17 @@ def setup_logging(log_file: Path, debug: bool = False) -> Path | None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
         handler = logging.handlers.RotatingFileHandler(log_file, maxBytes=5_000_000, backupCount=3, encoding="utf-8")
     except OSError:
+        # Without a handler, logging would print every record on stderr, over the TUI and next to
+        # chatty's own error message.
+        handler = logging.NullHandler()
+        handler.chatty = True
+        root.addHandler(handler)
         return None
     handler.chatty = True
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
     root.addHandler(handler)
+    # Warnings from libraries (deprecations, for example) go to the log, not over the screen.
+    logging.captureWarnings(True)
     # Libraries stay at INFO even with --debug; their debug output would bury chatty's.
     for name in ("markdown_it", "asyncio", "urllib3", "filelock", "httpx"):
         logging.getLogger(name).setLevel(logging.INFO)

@@ -15,10 +15,12 @@ from chatty.models.catalog import ModelCatalog, ModelInfo
 
 log = logging.getLogger(__name__)
 
+CLOSE_TIMEOUT_SECONDS = 10
+
 
 @dataclass(frozen=True)
 class RuntimeChoice:
-    """What produces a reply; every assistant message records it."""
+    """The model, backend and adapter that produce a reply; every assistant message records them."""
 
     model: str
     backend: str
@@ -73,7 +75,8 @@ class Runtime:
             backend.load(model)
             self.backend = backend
             if current is not None:
-                current.close()
+                with current.in_use:
+                    current.close()
             return backend
 
     def resolve_adapter(self, reference: str) -> AdapterInfo:
@@ -90,7 +93,18 @@ class Runtime:
         log.info("adapter on %s/%s is now %s", backend.name, backend.model.id, adapter.name if adapter else "none")
 
     def close(self) -> None:
+        """Free the model once no reply is using it (a cancelled reply ends within one token)."""
         with self._lock:
-            if self.backend is not None:
-                self.backend.close()
+            backend = self.backend
             self.backend = None
+            if backend is None:
+                return
+            backend.cancel()
+            if not backend.in_use.acquire(timeout=CLOSE_TIMEOUT_SECONDS):
+                # A reply that never finished holds the model; freeing it under that thread could crash.
+                log.warning("did not free %s: a reply still uses it after %d s", backend.model, CLOSE_TIMEOUT_SECONDS)
+                return
+            try:
+                backend.close()
+            finally:
+                backend.in_use.release()

@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import re
 
-# C0 controls except tab and newline, DEL, and C1 controls (U+0080 to U+009F), which some terminals
-# treat as escape sequence introducers.
-_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+# C0 controls except tab and newline, DEL, C1 controls (U+0080 to U+009F), which some terminals
+# treat as escape sequence introducers, and the bidirectional embeddings, overrides and isolates
+# (U+202A to U+202E, U+2066 to U+2069), which can make text display in another order than it reads.
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
 
 def escape_controls(text: str) -> str:
-    """Replace control characters with visible escapes such as \\x1b, keeping newlines and tabs."""
-    return _CONTROL.sub(lambda match: f"\\x{ord(match[0]):02x}", text)
+    """Replace control characters with visible escapes such as \\x1b or \\u202e, keeping newlines and tabs."""
+    return _CONTROL.sub(_escape, text)
+
+
+def _escape(match: re.Match) -> str:
+    code = ord(match[0])
+    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
 
 
 def show_controls(text: str) -> str:
@@ -23,6 +29,8 @@ def show_controls(text: str) -> str:
             return chr(0x2400 + code)
         if code == 0x7F:
             return "\u2421"
+        if code > 0xFF:
+            return f"<U+{code:04X}>"
         return "\ufffd"
 
     return _CONTROL.sub(picture, text)

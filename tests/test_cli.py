@@ -48,7 +48,7 @@ def test_ask_reads_stdin_and_continues(chatty_home):
     messages = store.messages(1)
     store.close()
     assert [m.role for m in messages] == ["user", "assistant", "user", "assistant"]
-    assert messages[0].content == "My name is Ada.\n"
+    assert messages[0].content == "My name is Ada."
 
 
 def test_ask_unknown_conversation(capsys):
@@ -203,3 +203,51 @@ def test_list_imports_no_model_libraries():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert json.loads(result.stdout.strip().splitlines()[-1]) == []
+
+
+def test_list_limit_must_be_positive(capsys):
+    with pytest.raises(SystemExit) as raised:
+        main(["list", "--limit", "0"])
+    assert raised.value.code == 2
+    assert "0 is not a positive number" in capsys.readouterr().err
+
+
+def test_system_with_continue_rejected(capsys):
+    assert main(["ask", "--continue", "1", "--system", "be brief", "Hi"]) == 1
+    assert "cannot be used with --continue" in capsys.readouterr().err
+
+
+def test_failed_ask_leaves_no_conversation(chatty_home, capsys):
+    (chatty_home / "config.toml").write_text("[model]\nn_ctx = 256\n", encoding="utf-8")
+    assert main(["ask", "word " * 400]) == 1
+    assert "too long" in capsys.readouterr().err
+    store = Store(chatty_home / "chatty.db")
+    assert store.list_conversations() == []
+    store.close()
+
+
+def test_export_to_folder_is_an_error(tmp_path, capsys):
+    assert main(["export", "--output", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert f"Cannot write {tmp_path}" in err
+    assert "unexpected" not in err
+
+
+def test_models_names_skipped_files(chatty_home, capsys):
+    models = chatty_home / "models"
+    models.mkdir()
+    (models / "broken.gguf").write_bytes(b"not a model at all" * 10)
+    assert main(["models"]) == 0
+    captured = capsys.readouterr()
+    assert "smollm2-135m-instruct" in captured.out
+    assert f"skipped {models / 'broken.gguf'}" in captured.err
+
+
+def test_unusable_data_folder(tmp_path, monkeypatch, capsys):
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("x", encoding="utf-8")
+    monkeypatch.setenv("CHATTY_HOME", str(not_a_folder))
+    assert main(["list"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("is a file, not a folder") == 1
+    assert "Traceback" not in err

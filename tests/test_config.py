@@ -30,11 +30,11 @@ def test_reference_file_documents_every_key():
 
 def test_user_file_overrides_defaults(tmp_path):
     path = tmp_path / "config.toml"
-    path.write_text('[generation]\ntemperature = 0\n[keys]\nnew_conversation = "ctrl+t"\n', encoding="utf-8")
+    path.write_text('[generation]\ntemperature = 0\n[keys]\nnew_conversation = "alt+n"\n', encoding="utf-8")
     config = load_config(path)
     assert config.generation.temperature == 0.0
     assert isinstance(config.generation.temperature, float)
-    assert config.keys.new_conversation == "ctrl+t"
+    assert config.keys.new_conversation == "alt+n"
     assert config.model.backend == "llama"
 
 
@@ -69,6 +69,9 @@ CONFIG_ERRORS = [
     ("[model]\nbackend = 'vllm'\n", ["config.toml:2:", "'model.backend' must be one of", "'vllm'"]),
     ("[generation]\ntop_p = 1.5\n", ["config.toml:2:", "'generation.top_p' must be at most 1.0"]),
     ("model = 'x'\n", ["config.toml:1:", "'model' must be a table"]),
+    ("[model]\nn_ctx = 10\n", ["config.toml:2:", "'model.n_ctx' must be 0 or at least 256, not 10"]),
+    ("[keys]\nsend = 'ctrl+nonsense'\n", ["config.toml:2:", "'keys.send' has an invalid key 'ctrl+nonsense'"]),
+    ("[keys]\nsend = 'f5'\n", ["config.toml:2:", "the key 'f5' is bound to both 'keys.send' and 'keys.copy_reply'"]),
 ]
 
 
@@ -113,3 +116,9 @@ def test_parse_config_keeps_other_defaults():
     config = parse_config("[ui]\ntheme = 'nord'\n")
     assert config.ui.theme == "nord"
     assert config.generation == Config().generation
+
+
+def test_keys_accept_textual_names():
+    config = parse_config("[keys]\nhelp = 'ctrl+question_mark,f12'\nquit = 'ctrl+w'\nnew_conversation = 'alt+n'\n")
+    assert config.keys.help == "ctrl+question_mark,f12"
+    assert config.keys.new_conversation == "alt+n"

@@ -363,7 +363,7 @@ def test_finetune_command_needs_data(capsys):
 def test_finetune_command_rejects_bad_option(tmp_path, capsys):
     data = write_signoff_jsonl(tmp_path / "data.jsonl")
     assert main(["finetune", "--name", "x", "--jsonl", str(data), "--rank", "0"]) == 1
-    assert "'rank' must be at least 1" in capsys.readouterr().err
+    assert "'--rank' must be at least 1" in capsys.readouterr().err
 
 
 def test_finetune_command_rejects_reply_less_conversation(chatty_home, capsys):

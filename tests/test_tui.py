@@ -115,7 +115,8 @@ async def test_backend_error_returns_prompt():
         assert app.prompt.text == long_text
         assert any("too long" in message for message in notifications(app))
         assert not app.query(UserMessage)
-        assert app.services.store.messages(app.conversation_id) == []
+        assert app.conversation_id is None
+        assert app.services.store.list_conversations() == []
     app.services.close()
 
 
@@ -341,3 +342,48 @@ async def test_long_history_loads_in_pages(chatty_home):
         await wait_until(pilot, lambda: len(app.query(MessageView)) == 3 * PAGE_SIZE, timeout=10)
         assert app.query(MessageView).first().text == "question " + str(125 - 3 * PAGE_SIZE // 2)
     app.services.close()
+
+
+async def test_markup_in_titles_is_text(chatty_home):
+    store = Store(chatty_home / "chatty.db")
+    conversation = store.create_conversation("[/bold] oops [")
+    store.add_message(conversation.id, "user", "[red]hello[/red]")
+    store.close()
+
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause(0.2)
+        await pilot.press("f9")
+        await pilot.pause(0.2)
+        assert "Starred '[/bold] oops ['." in notifications(app)
+        assert app.services.store.get_conversation(conversation.id).starred
+    app.services.close()
+
+
+async def test_tab_moves_focus_in_dialogs():
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("f4")
+        await pilot.pause(0.1)
+        assert isinstance(app.screen, SettingsScreen)
+        first = app.screen.focused
+        await pilot.press("tab")
+        assert app.screen.focused is not first
+    app.services.close()
+
+
+async def test_failed_model_load_blocks_sending(tmp_path):
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"GGUF" + bytes(100))
+    config_app = make_app()
+    config_app.initial_model = str(broken)
+    async with config_app.run_test(size=SIZE) as pilot:
+        await wait_until(pilot, lambda: config_app.status.model == "no model loaded")
+        await send(pilot, config_app, "hello")
+        await wait_until(pilot, lambda: not config_app._generating)
+        await pilot.pause(0.1)
+        assert config_app.prompt.text == "hello"
+        assert any(message.startswith("No model is loaded") for message in notifications(config_app))
+        assert config_app.services.store.list_conversations() == []
+        assert config_app.services.runtime.backend is None
+    config_app.services.close()

@@ -15,9 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Literal
 
+from chatty.backends.candidates import DEFAULT_TOP_K, TokenCandidates
+from chatty.backends.tokens import TokenPiece
 from chatty.models.adapters import AdapterInfo
 from chatty.models.catalog import ModelInfo
-from chatty.errors import ModelError
+from chatty.errors import ContextOverflow, ModelError
 from chatty.models.template import RenderedPrompt
 
 StopReason = Literal["eos", "max_tokens", "cancelled", "context"]
@@ -118,6 +120,8 @@ class Backend(ABC):
         self.model: ModelInfo | None = None
         self.adapter: AdapterInfo | None = None
         self._active: Generation | None = None
+        # Held while a reply streams; closing the model waits for it, so no thread reads freed memory.
+        self.in_use = threading.Lock()
 
     @abstractmethod
     def load(self, model: ModelInfo) -> None:
@@ -173,7 +177,11 @@ class Backend(ABC):
         return self.generate_from_tokens(prompt, params)
 
     def generate_from_tokens(self, prompt: list[int], params: GenerationParams) -> Generation:
-        generation = Generation(lambda g: self._produce(g, prompt, params))
+        def produce_while_in_use(generation: Generation) -> Iterator[str]:
+            with self.in_use:
+                yield from self._produce(generation, prompt, params)
+
+        generation = Generation(produce_while_in_use)
         self._active = generation
         return generation
 
@@ -181,3 +189,33 @@ class Backend(ABC):
         """Stop the reply in progress, if any, before its next token."""
         if self._active is not None:
             self._active.cancel()
+
+    # Inspection: token pieces and next-token candidates
+
+    def token_pieces(self, token_ids: list[int]) -> list[TokenPiece]:
+        """Describe token ids as pieces with their bytes; special tokens keep their text."""
+        raise ModelError(f"The {self.name} backend cannot show token pieces.")
+
+    def token_candidates(self, messages: list[Message], reply_text: str, k: int = DEFAULT_TOP_K) -> list[TokenCandidates]:
+        """Return the model's next-token distribution at every token of a reply, with the top k candidates.
+
+        `messages` is the conversation before the reply. The reply text is tokenized as plain text
+        after the prompt with the generation prompt, and the model reads the prompt followed by the
+        reply's tokens (teacher forcing), so any saved reply works, whatever temperature produced it.
+        The attached adapter, if any, takes part. Raises ContextOverflow when prompt and reply do not fit.
+        NOTE: callers must not call this while a reply is streaming from the same backend.
+        """
+        raise ModelError(f"The {self.name} backend cannot compute next-token candidates.")
+
+    def _teacher_forcing_tokens(self, messages: list[Message], reply_text: str) -> tuple[list[int], list[int]]:
+        """Tokenize the prompt and the reply; raises ContextOverflow when the model cannot read both."""
+        prompt = self.tokenize_prompt(messages)
+        reply = self.tokenize(reply_text)
+        # The last reply token is predicted, never read, so the model reads one token less.
+        needed = len(prompt) + len(reply) - 1
+        if reply and needed > self.context_length:
+            raise ContextOverflow(
+                f"The prompt and the reply need {needed} tokens but the context window is {self.context_length} tokens. "
+                "Raise [model] n_ctx, or inspect a shorter conversation."
+            )
+        return prompt, reply

@@ -13,7 +13,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from chatty.backends.base import Backend, Generation, GenerationParams, LoadOptions, Message, Clock
+from chatty.backends.candidates import DEFAULT_TOP_K, TokenCandidates, candidates_from_logits
 from chatty.backends.decoding import ByteDecoder
+from chatty.backends.tokens import TokenPiece, bytes_to_piece
 from chatty.errors import ContextOverflow, ModelError
 from chatty.models.adapters import GGUF_FILE, AdapterInfo
 from chatty.models.catalog import ModelInfo
@@ -23,6 +25,14 @@ log = logging.getLogger(__name__)
 native_log = logging.getLogger("chatty.llama_cpp")
 
 _log_callback = None  # keeps the ctypes callback alive for as long as llama.cpp may call it
+_pending_interrupt = False  # a Ctrl+C that arrived inside the log callback
+
+
+def _raise_pending_interrupt() -> None:
+    global _pending_interrupt
+    if _pending_interrupt:
+        _pending_interrupt = False
+        raise KeyboardInterrupt
 
 
 def _route_native_logs() -> None:
@@ -38,13 +48,19 @@ def _route_native_logs() -> None:
 
     @llama_cpp.llama_log_callback
     def callback(level, text, user_data):
-        python_level = previous[0] if level == 5 else levels.get(level, logging.DEBUG)
-        previous[0] = python_level
-        if not native_log.isEnabledFor(python_level):
-            return
-        line = text.decode("utf-8", errors="replace").rstrip()
-        if line:
-            native_log.log(python_level, "%s", line)
+        global _pending_interrupt
+        try:
+            python_level = previous[0] if level == 5 else levels.get(level, logging.DEBUG)
+            previous[0] = python_level
+            if not native_log.isEnabledFor(python_level):
+                return
+            line = text.decode("utf-8", errors="replace").rstrip()
+            if line:
+                native_log.log(python_level, "%s", line)
+        except KeyboardInterrupt:
+            # An exception cannot cross the C caller, so ctypes would drop it; Ctrl+C is raised
+            # again once the llama.cpp call returns.
+            _pending_interrupt = True
 
     _log_callback = callback
     llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
@@ -98,6 +114,12 @@ class LlamaBackend(Backend):
                     verbose=True,
                 )
         except ValueError as error:
+            _raise_pending_interrupt()
+            if "llama_context" in str(error):
+                raise ModelError(
+                    f"llama.cpp could not create a context of {self.options.n_ctx or 'the training'} tokens for {model.id}: "
+                    f"{error}. The KV cache may not fit in memory; lower [model] n_ctx."
+                ) from None
             raise ModelError(
                 f"llama.cpp could not load {model.path} (architecture '{info.architecture}'): {error}. "
                 "The architecture may be unsupported by this llama.cpp build; see the log for details."
@@ -105,6 +127,7 @@ class LlamaBackend(Backend):
         finally:
             if stray_output.getvalue():
                 log.debug("llama-cpp-python output while loading:\n%s", stray_output.getvalue())
+        _raise_pending_interrupt()
         llm.verbose = False
 
         vocab = llm._model
@@ -317,6 +340,98 @@ class LlamaBackend(Backend):
         if tail:
             yield tail
         generation.stats = clock.stats(len(prompt), len(generation.token_ids), stop_reason)
+
+    # Inspection: token pieces and next-token candidates
+
+    def token_pieces(self, token_ids: list[int]) -> list[TokenPiece]:
+        import llama_cpp
+
+        model = self.llm._model
+        pieces = []
+        for token_id in token_ids:
+            special = bool(model.token_get_attr(token_id) & llama_cpp.LLAMA_TOKEN_ATTR_CONTROL)
+            pieces.append(TokenPiece(token_id, self.token_bytes(token_id, special=True), special))
+        return pieces
+
+    def token_candidates(self, messages: list[Message], reply_text: str, k: int = DEFAULT_TOP_K) -> list[TokenCandidates]:
+        prompt, reply_ids = self._teacher_forcing_tokens(messages, reply_text)
+        if not reply_ids:
+            return []
+        started = time.perf_counter()
+        logits = self._reply_logits(prompt, reply_ids)
+        reply = self.token_pieces(reply_ids)
+        results = candidates_from_logits(logits, reply, k, lambda token_id: bytes_to_piece(self.token_bytes(token_id, special=True)))
+        log.info("computed candidates for %d reply tokens after %d prompt tokens on llama.cpp in %.2f s",
+                 len(reply_ids), len(prompt), time.perf_counter() - started)
+        return results
+
+    def _reply_logits(self, prompt: list[int], reply: list[int]):
+        """Decode prompt + reply[:-1] and return the logits rows that predict each reply token.
+
+        The decoding repeats what generation does: the prompt in batches with logits for its last
+        token, then one reply token per llama_decode call. A single batch with logits at every reply
+        position was tried first: with llama-cpp-python 0.3.36 on a CPU and SmolLM2-135M Q4_1, its
+        logits were up to 1.2 away from this order's (0.16 on average). As a result, 3 or 4 tokens
+        of a 100-token greedy reply were no longer the most likely, while this order matched every
+        greedy choice. The cause lies in llama.cpp's CPU
+        kernels and was not pinned down. Llama.eval() cannot serve here, because it keeps logits for
+        all positions only when the model was created with logits_all=True, which would make every
+        generation copy a vocabulary row per prompt token.
+
+        The KV cache and Llama's record of it (input_ids, n_tokens) stay in step, so the next
+        generate() reuses the common prefix as usual.
+        """
+        import numpy as np
+
+        llm = self.llm
+        tokens = prompt + reply[:-1]
+        # Logits at position i predict token i + 1, so the first reply token comes from the last prompt position.
+        first_output = len(prompt) - 1
+
+        # Keep the cached prefix that matches, but decode again at least the last two prompt tokens.
+        # Generation decoded the end of its prompt as a batch of several tokens, and a prompt token
+        # decoded alone gets slightly different keys and values than one decoded in a batch.
+        cached = llm.input_ids[: llm.n_tokens].tolist()
+        common = 0
+        for old, new in zip(cached, tokens):
+            if old != new:
+                break
+            common += 1
+        start = max(0, min(common, first_output - 1))
+        if not llm._ctx.kv_cache_seq_rm(-1, start, -1):
+            llm._ctx.kv_cache_clear()
+            start = 0
+        llm.n_tokens = start
+        # Afterwards llama.cpp's logits belong to the second-to-last position, not to the last token
+        # of input_ids, so generate() must decode at least one token before it samples.
+        llm._requires_eval = True
+
+        n_vocab = llm.n_vocab()
+        rows = []
+        for chunk_start in range(start, first_output + 1, llm.n_batch):
+            chunk = tokens[chunk_start : min(chunk_start + llm.n_batch, first_output + 1)]
+            self._decode_chunk(chunk, chunk_start, wants_logits=chunk_start + len(chunk) - 1 == first_output)
+        rows.append(np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(1, n_vocab)).copy())
+        for position in range(first_output + 1, len(tokens)):
+            self._decode_chunk(tokens[position : position + 1], position, wants_logits=True)
+            rows.append(np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(1, n_vocab)).copy())
+        return np.concatenate(rows)
+
+    def _decode_chunk(self, chunk: list[int], start: int, wants_logits: bool) -> None:
+        """Decode tokens at positions start, start + 1, ... of sequence 0, with logits for the last one if asked."""
+        llm = self.llm
+        batch = llm._batch.batch
+        for offset, token in enumerate(chunk):
+            batch.token[offset] = token
+            batch.pos[offset] = start + offset
+            batch.n_seq_id[offset] = 1
+            batch.seq_id[offset][0] = 0
+            batch.logits[offset] = False
+        batch.logits[len(chunk) - 1] = wants_logits
+        batch.n_tokens = len(chunk)
+        llm._ctx.decode(llm._batch)
+        llm.input_ids[start : start + len(chunk)] = chunk
+        llm.n_tokens = start + len(chunk)
 
 
 def _token_text(vocab, token_id: int) -> str:

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import inspect
 import logging
+import re
 import time
 from collections.abc import Iterator
+from functools import lru_cache
 
 from chatty.backends.base import Backend, Clock, Generation, GenerationParams, LoadOptions, Message
+from chatty.backends.candidates import DEFAULT_TOP_K, TokenCandidates, candidates_from_logits
 from chatty.backends.decoding import TokenDecoder
 from chatty.backends.torch_adapters import AdapterSlots
 from chatty.backends.torch_loading import choose_device, choose_dtype, load_model
+from chatty.backends.tokens import TokenPiece, bytes_to_piece
 from chatty.backends.torch_sampling import TokenSampler
 from chatty.errors import ContextOverflow, ModelError
 from chatty.models.adapters import AdapterInfo
@@ -222,6 +226,68 @@ class TorchBackend(Backend):
                 raise ModelError(f"{self.model.id} returns no key-value cache, so the torch backend cannot stream from it.")
             return sampler(output.logits[0, -1]), cache
 
+    # Inspection: token pieces and next-token candidates
+
+    def token_pieces(self, token_ids: list[int]) -> list[TokenPiece]:
+        specials = self._special_ids()
+        return [TokenPiece(token_id, self._token_bytes(token_id, specials), token_id in specials) for token_id in token_ids]
+
+    def token_candidates(self, messages: list[Message], reply_text: str, k: int = DEFAULT_TOP_K) -> list[TokenCandidates]:
+        import torch
+
+        prompt, reply_ids = self._teacher_forcing_tokens(messages, reply_text)
+        if not reply_ids:
+            return []
+        started = time.perf_counter()
+
+        # Logits at position i predict token i + 1, so the last len(reply_ids) positions predict the reply.
+        input_ids = torch.tensor([prompt + reply_ids[:-1]], device=self._device)
+        arguments = {"use_cache": False}
+        if self._keeps_last_logits:
+            arguments["logits_to_keep"] = len(reply_ids)
+        # The model object carries any attached LoRA layers, so the adapter shapes these logits too.
+        with torch.inference_mode():
+            logits = self.torch_model(input_ids=input_ids, **arguments).logits[0, -len(reply_ids) :]
+        rows = logits.float().cpu().numpy()
+
+        specials = self._special_ids()
+        reply = self.token_pieces(reply_ids)
+        results = candidates_from_logits(rows, reply, k, lambda token_id: bytes_to_piece(self._token_bytes(token_id, specials)))
+        log.info("computed candidates for %d reply tokens after %d prompt tokens on torch in %.2f s",
+                 len(reply_ids), len(prompt), time.perf_counter() - started)
+        return results
+
+    def _special_ids(self) -> set[int]:
+        tokenizer = self.tokenizer
+        added = {token_id for token_id, token in tokenizer.added_tokens_decoder.items() if token.special}
+        return added | set(tokenizer.all_special_ids)
+
+    def _token_bytes(self, token_id: int, specials: set[int]) -> bytes:
+        """Return the bytes a token stands for, reading the tokenizer's vocabulary entry.
+
+        tokenizer.decode([id]) cannot serve here, because it turns a token that contains part of a
+        UTF-8 character into U+FFFD.
+        """
+        tokenizer = self.tokenizer
+        token = tokenizer.convert_ids_to_tokens(token_id)
+        if token is None:
+            return tokenizer.decode([token_id]).encode("utf-8")
+        if token_id in specials:
+            return token.encode("utf-8")
+
+        # Byte-level BPE (GPT-2, Llama 3, SmolLM) spells each byte as one printable character.
+        if _is_byte_level(tokenizer):
+            byte_values = _byte_values()
+            if all(character in byte_values for character in token):
+                return bytes(byte_values[character] for character in token)
+        # SentencePiece writes a byte-fallback token as <0xHH> and a space as U+2581.
+        match = _BYTE_TOKEN.fullmatch(token)
+        if match:
+            return bytes([int(match[1], 16)])
+        if "\u2581" in token:
+            return token.replace("\u2581", " ").encode("utf-8")
+        return tokenizer.convert_tokens_to_string([token]).encode("utf-8")
+
 
 def _adds_bos(tokenizer) -> bool:
     """Return True when the tokenizer puts a BOS in front of text that it encodes with special tokens."""
@@ -242,3 +308,21 @@ def _stop_ids(generation_config, tokenizer) -> frozenset[int]:
     if tokenizer.eos_token_id is not None:
         ids.add(tokenizer.eos_token_id)
     return frozenset(ids)
+
+
+_BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")
+
+
+def _is_byte_level(tokenizer) -> bool:
+    from tokenizers import decoders
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    return backend is not None and isinstance(backend.decoder, decoders.ByteLevel)
+
+
+@lru_cache(maxsize=1)
+def _byte_values() -> dict[str, int]:
+    """Return the byte-level BPE alphabet: printable character -> the byte it stands for."""
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    return {character: byte for byte, character in bytes_to_unicode().items()}

@@ -16,7 +16,7 @@ import warnings
 from dataclasses import dataclass
 
 from chatty.errors import ModelError
-from chatty.models.adapters import PEFT_WEIGHTS, AdapterInfo
+from chatty.models.adapters import PEFT_CONFIG, PEFT_WEIGHTS, AdapterInfo
 from chatty.models.catalog import ModelInfo
 
 log = logging.getLogger(__name__)
@@ -113,7 +113,8 @@ class AdapterSlots:
             self._switch_to(self._active)
             raise ModelError(
                 f"Adapter '{adapter.name}' does not fit the loaded model {base.id}: {problem}. "
-                f"It was probably made for a model of another size or architecture; pick an adapter trained on {base.id}."
+                f"Either it was made for a model of another size or architecture, or its {PEFT_CONFIG} (rank, target "
+                f"modules) does not match its weights. Pick an adapter trained on {base.id}."
             )
 
         self._loaded[adapter.name] = _LoadedAdapter(peft_name, _fingerprint(adapter))

@@ -35,12 +35,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for option in fields(FinetuneConfig):
         flag = "--" + option.name.replace("_", "-")
         kind = hints[option.name]
+        # argparse expands % in help text, so a literal percent sign is written %%.
+        help_text = option.metadata["help"].replace("%", "%%")
         if kind is bool:
-            hyper.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=option.metadata["help"])
+            hyper.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         elif typing.get_origin(kind) is list:
-            hyper.add_argument(flag, nargs="+", default=None, metavar="NAME", help=option.metadata["help"])
+            hyper.add_argument(flag, nargs="+", default=None, metavar="NAME", help=help_text)
         else:
-            hyper.add_argument(flag, type=kind, default=None, metavar=kind.__name__.upper(), help=option.metadata["help"])
+            hyper.add_argument(flag, type=kind, default=None, metavar=kind.__name__.upper(), help=help_text)
 
 
 def options_from(args: argparse.Namespace, defaults: FinetuneConfig) -> FinetuneConfig:
@@ -48,7 +50,14 @@ def options_from(args: argparse.Namespace, defaults: FinetuneConfig) -> Finetune
     from chatty.finetune.options import apply_overrides
 
     overrides = {option.name: getattr(args, option.name) for option in fields(FinetuneConfig)}
-    return apply_overrides(defaults, overrides, "command line")
+    try:
+        return apply_overrides(defaults, overrides, "command line")
+    except ChattyError as error:
+        # Name the flag the user typed: 'learning_rate' becomes '--learning-rate'.
+        message = str(error)
+        for option in fields(FinetuneConfig):
+            message = message.replace(f"'{option.name}'", "'--" + option.name.replace("_", "-") + "'")
+        raise ChattyError(message) from None
 
 
 def select_training_data(args: argparse.Namespace, services):
@@ -81,10 +90,12 @@ def select_training_data(args: argparse.Namespace, services):
 
 def run(args: argparse.Namespace, services) -> int:
     from chatty.finetune.job import DatasetReady, Evaluation, Progress, TrainingJob
-    from chatty.finetune.trainer import Distributed, train
+    from chatty.finetune.trainer import Distributed, check_qlora_possible, train
     from chatty.finetune.writer import check_adapter_name, remove_stale_staging
 
     options = options_from(args, services.config.finetune)
+    if options.qlora:
+        check_qlora_possible()
     adapters_dir = services.paths.adapters_dir
     check_adapter_name(args.name, adapters_dir)
     remove_stale_staging(adapters_dir)
@@ -102,8 +113,8 @@ def run(args: argparse.Namespace, services) -> int:
 
     console = Console(stderr=True, markup=False, highlight=False)
     if chosen.skipped and show:
-        console.print(f"Left out {len(chosen.skipped)} conversations without a complete reply: "
-                      + ", ".join(str(conversation_id) for conversation_id, _ in chosen.skipped))
+        print(f"Left out {len(chosen.skipped)} conversations without a complete reply: "
+              + ", ".join(str(conversation_id) for conversation_id, _ in chosen.skipped), file=sys.stderr)
     bar = Bar(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[detail]}"),
               TimeRemainingColumn(), console=console, disable=not show)
     task = bar.add_task(f"training {args.name}", total=None, detail="loading the base model")
@@ -111,13 +122,13 @@ def run(args: argparse.Namespace, services) -> int:
     def report(event) -> None:
         if isinstance(event, DatasetReady):
             if show:
-                console.print(f"{event.train_examples} training and {event.validation_examples} validation conversations, "
-                              f"{event.trainable_tokens} trained tokens per epoch, {event.truncated} truncated "
-                              f"to {options.max_seq_length} tokens.")
+                bar.console.print(f"{event.train_examples} training and {event.validation_examples} validation conversations, "
+                          f"{event.trainable_tokens} reply tokens to learn per epoch, {event.truncated} truncated "
+                          f"to {options.max_seq_length} tokens.", soft_wrap=True)
             bar.update(task, total=event.total_steps, detail="")
         elif isinstance(event, Evaluation):
             if show:
-                console.print(f"validation loss at step {event.step}: {event.validation_loss:.4f}")
+                bar.console.print(f"validation loss at step {event.step}: {event.validation_loss:.4f}", soft_wrap=True)
         elif isinstance(event, Progress):
             bar.update(task, completed=event.step,
                        detail=f"epoch {event.epoch:.2f}  loss {event.loss:.4f}  {event.tokens_per_second:.0f} tok/s")

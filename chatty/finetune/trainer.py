@@ -157,26 +157,35 @@ def _load_base(job: TrainingJob, device: str):
     return model, loaded.tokenizer
 
 
+def check_qlora_possible() -> None:
+    """Raise ChattyError with the reason when QLoRA cannot run here: it needs CUDA and bitsandbytes."""
+    import importlib.util
+
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ChattyError(
+            "QLoRA needs a CUDA GPU: bitsandbytes' 4-bit NF4 kernels run only on CUDA, and this machine has none. "
+            "Turn qlora off to train the full-precision base."
+        )
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ChattyError("QLoRA needs the bitsandbytes package. Install it with: pip install bitsandbytes")
+
+
 def _load_quantized_base(job: TrainingJob, device: str, cache_root):
     """QLoRA: the base in 4-bit NF4 through bitsandbytes, which needs CUDA kernels.
 
     NOTE: this path has not run on this project's CI, which has no GPU.
     """
-    if not device.startswith("cuda"):
-        raise ChattyError(
-            "QLoRA needs a CUDA GPU: bitsandbytes' 4-bit NF4 kernels run only on CUDA, and this machine has none. "
-            "Turn qlora off to train the full-precision base."
-        )
-    import importlib.util
-
-    if importlib.util.find_spec("bitsandbytes") is None:
-        raise ChattyError("QLoRA needs the bitsandbytes package. Install it with: pip install bitsandbytes")
+    check_qlora_possible()
     import torch
     from peft import prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     from chatty.backends.torch_loading import load_model
 
+    if job.base.format == "gguf" and cache_root is None:
+        raise ChattyError("QLoRA on a GGUF base needs chatty's cache folder, where the dequantized weights are written.")
     # The safetensors form of the base: the folder itself, or the cache written from its GGUF.
     loaded = load_model(job.base, "cpu", torch.float32, cache_root)
     folder = job.base.path if job.base.format == "hf" else cache_root / job.base.file_hash()

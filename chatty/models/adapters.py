@@ -138,9 +138,12 @@ class AdapterCatalog:
 
     def __init__(self, folder: Path):
         self.folder = Path(folder)
+        # (path, reason) for folders that could not be used, from the last call to adapters().
+        self.skipped: list[tuple[Path, str]] = []
 
     def adapters(self) -> list[AdapterInfo]:
         found = []
+        self.skipped = []
         if not self.folder.is_dir():
             return found
         for candidate in sorted(self.folder.iterdir()):
@@ -151,6 +154,7 @@ class AdapterCatalog:
                 found.append(read_adapter(candidate))
             except ModelError as error:
                 log.warning("skipped adapter %s: %s", candidate, error)
+                self.skipped.append((candidate, str(error)))
         return found
 
     def for_model(self, model: ModelInfo) -> list[AdapterInfo]:

@@ -120,6 +120,8 @@ class ModelCatalog:
     def __init__(self, model_dirs: tuple[Path, ...] = ()):
         self.model_dirs = model_dirs
         self._models: dict[str, ModelInfo] | None = None
+        # (path, reason) for files in the models folders that could not be used, from the last scan.
+        self.skipped: list[tuple[Path, str]] = []
 
     def models(self) -> list[ModelInfo]:
         if self._models is None:
@@ -147,6 +149,7 @@ class ModelCatalog:
 
     def _scan(self) -> dict[str, ModelInfo]:
         found: dict[str, ModelInfo] = {}
+        self.skipped = []
         try:
             embedded = self.default()
             found[embedded.id] = embedded
@@ -164,9 +167,12 @@ class ModelCatalog:
                     model = describe_path(candidate, "folder")
                 except ModelError as error:
                     log.warning("skipped %s: %s", candidate, error)
+                    self.skipped.append((candidate, str(error)))
                     continue
                 if model.id in found:
-                    log.warning("skipped %s: model id '%s' is already taken by %s", candidate, model.id, found[model.id].path)
+                    reason = f"model id '{model.id}' is already taken by {found[model.id].path}"
+                    log.warning("skipped %s: %s", candidate, reason)
+                    self.skipped.append((candidate, reason))
                     continue
                 found[model.id] = model
         return found

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
 import sqlite3
 import threading
@@ -69,11 +70,24 @@ class Database:
 
     def open(self) -> Database:
         """Create the folder and file as needed and bring the schema up to date."""
+        folder = self.path.parent
+        if folder.exists() and not folder.is_dir():
+            raise ChattyError(f"The data folder {folder} is a file, not a folder. Set CHATTY_HOME to a folder.")
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            folder.mkdir(parents=True, exist_ok=True)
         except OSError as error:
-            raise ChattyError(f"Cannot create the data folder {self.path.parent}: {error.strerror}.") from None
-        self.migrate()
+            raise ChattyError(f"Cannot create the data folder {folder}: {error.strerror}. Set CHATTY_HOME to a writable folder.") from None
+        if not os.access(folder, os.W_OK):
+            raise ChattyError(
+                f"The data folder {folder} is read-only, and chatty writes {self.path.name} there. "
+                "Make it writable, or set CHATTY_HOME to another folder."
+            )
+        try:
+            self.migrate()
+        except sqlite3.DatabaseError as error:
+            raise ChattyError(
+                f"{self.path} cannot be used as chatty's database: {error}. Move the file away to start a new one."
+            ) from None
         return self
 
     @property
@@ -99,7 +113,7 @@ class Database:
             connection.execute("PRAGMA synchronous = NORMAL")
             connection.execute("PRAGMA foreign_keys = ON")
         except sqlite3.DatabaseError as error:
-            raise ChattyError(f"Cannot open the database {self.path}: {error}.") from None
+            raise ChattyError(f"Cannot open the database {self.path}: {error}. Check that it is a chatty database and writable.") from None
         return connection
 
     @contextlib.contextmanager

@@ -175,10 +175,10 @@ class Store:
             changes["params"] = json.dumps(changes["params"])
         if "starred" in changes:
             changes["starred"] = int(bool(changes["starred"]))
+        # updated_at tracks new messages only, so renaming or starring keeps a conversation's place.
         assignments = ", ".join(f"{name} = ?" for name in changes)
         self.db.connection.execute(
-            f"UPDATE conversations SET {assignments}, updated_at = ? WHERE id = ?",
-            (*changes.values(), now(), conversation_id),
+            f"UPDATE conversations SET {assignments} WHERE id = ?", (*changes.values(), conversation_id)
         )
         return self.get_conversation(conversation_id)
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import gc
 import logging
+import threading
 import time
 from collections.abc import Iterable
+from functools import partial
 from dataclasses import dataclass
 
 from textual import work
@@ -25,16 +27,20 @@ from chatty.chat import Reply
 from chatty.clipboard import copy_text
 from chatty.config import KeysConfig
 from chatty.errors import ChattyError
+from chatty.inspect import inspect_draft, inspect_message, inspect_reply
 from chatty.text import code_blocks
 from chatty.tui.screens.code_picker import CodePickerScreen
 from chatty.tui.screens.dialogs import ConfirmScreen, TextInputScreen
 from chatty.tui.screens.finetune import FinetuneScreen
 from chatty.tui.screens.help import HelpScreen
+from chatty.tui.screens.model_card import ModelCardScreen
+from chatty.tui.screens.next_tokens import NextTokenScreen
+from chatty.tui.screens.prompt_tokens import PromptTokensScreen
 from chatty.tui.screens.model_picker import Choice, ModelPickerScreen
 from chatty.tui.screens.settings import ConversationSettings, SettingsScreen
 from chatty.tui.threads import call_soon
 from chatty.tui.widgets.chat_view import ChatView
-from chatty.tui.widgets.message import AssistantMessage, ReplyDetails, UserMessage
+from chatty.tui.widgets.message import AssistantMessage, MessageView, ReplyDetails, UserMessage
 from chatty.tui.widgets.prompt import PromptInput
 from chatty.tui.widgets.sidebar import Sidebar
 from chatty.tui.widgets.status import StatusLine
@@ -44,8 +50,13 @@ log = logging.getLogger(__name__)
 KEYS = KeysConfig()
 SEARCH_DELAY_SECONDS = 0.2
 FLUSH_SECONDS = 1 / 30
-# App actions that work over any screen; the rest belong to the chat screen.
-GLOBAL_ACTIONS = {"quit", "help", "command_palette"}
+# Actions of the chat screen: off while another screen is on top, where they would act unseen.
+# Textual's own actions (focus_next, command_palette and the like) stay on everywhere.
+CHAT_ACTIONS = {
+    "new_conversation", "rename_conversation", "delete_conversation", "search", "settings", "switch_model",
+    "star_conversation", "finetune", "copy_reply", "copy_code", "show_prompt", "show_odds", "model_card",
+    "focus_prompt", "toggle_sidebar",
+}
 
 
 @dataclass
@@ -106,6 +117,9 @@ class ChattyApp(App):
         Binding(KEYS.finetune, "finetune", "Fine-tune", id="finetune"),
         Binding(KEYS.copy_reply, "copy_reply", "Copy", id="copy_reply"),
         Binding(KEYS.copy_code, "copy_code", "Copy code", id="copy_code", show=False),
+        Binding(KEYS.show_prompt, "show_prompt", "Tokens", id="show_prompt", show=False),
+        Binding(KEYS.show_odds, "show_odds", "Odds", id="show_odds", show=False),
+        Binding(KEYS.model_card, "model_card", "Model card", id="model_card", show=False),
         Binding(KEYS.focus_prompt, "focus_prompt", "Prompt", id="focus_prompt", show=False),
         Binding(KEYS.toggle_sidebar, "toggle_sidebar", "Sidebar", id="toggle_sidebar", show=False),
         Binding(KEYS.help, "help", "Help", id="help"),
@@ -125,6 +139,17 @@ class ChattyApp(App):
         self._stop_requested = False
         self._search_timer: Timer | None = None
         self._search_query = ""
+        # Set while no model load is in progress; a reply waits for it.
+        self._model_ready = threading.Event()
+        self._model_ready.set()
+        self._load_error: Exception | None = None
+        # Whether the open conversation was created for the reply in progress (and is empty if it fails).
+        self._created_for_reply = False
+
+    def notify(self, message: str, *, title: str = "", severity="information", timeout=None, markup: bool = True):
+        # Messages carry conversation titles, paths and model names, so "[" must stay text; Textual
+        # would parse it as markup and fail on a stray closing tag.
+        return super().notify(message, title=title, severity=severity, timeout=timeout, markup=False)
 
     # Layout
 
@@ -181,13 +206,18 @@ class ChattyApp(App):
 
     @work(thread=True, exclusive=True, group="load")
     def load_model(self, model: str | None, backend: str | None) -> None:
+        self._model_ready.clear()
         call_soon(self, self._show_loading, model)
         try:
             loaded = self.services.runtime.load(model, backend)
         except Exception as error:  # shown to the user; a failed load leaves the old model in place
             log.error("model load failed: %s", error, exc_info=not isinstance(error, ChattyError))
+            self._load_error = error
             self.post_message(ModelFailed(error))
             return
+        finally:
+            self._model_ready.set()
+        self._load_error = None
         self.post_message(ModelLoaded(loaded.context_length))
 
     def action_switch_model(self) -> None:
@@ -204,6 +234,7 @@ class ChattyApp(App):
     @work(thread=True, exclusive=True, group="load")
     def switch_runtime(self, choice: Choice) -> None:
         """Load the chosen model and backend (a no-op when they are loaded already), then set the adapter."""
+        self._model_ready.clear()
         call_soon(self, self._show_loading, choice.model)
         runtime = self.services.runtime
         try:
@@ -213,6 +244,9 @@ class ChattyApp(App):
             log.error("switching to %s failed: %s", choice, error, exc_info=not isinstance(error, ChattyError))
             self.post_message(ModelFailed(error))
             return
+        finally:
+            self._model_ready.set()
+        self._load_error = None
         self.post_message(ModelLoaded(backend.context_length))
 
     def _show_loading(self, model: str | None) -> None:
@@ -430,6 +464,7 @@ class ChattyApp(App):
             event.prompt.put_back(text)
             self.notify("A reply is still streaming. Press Esc to stop it, then send.", severity="warning")
             return
+        self._created_for_reply = self.conversation_id is None
         if self.conversation_id is None:
             self.conversation_id = self.services.chat.new_conversation().id
         self._generating = True
@@ -451,6 +486,10 @@ class ChattyApp(App):
     def generate_reply(self, conversation_id: int, text: str) -> None:
         reply = None
         try:
+            self._model_ready.wait()
+            if self.services.runtime.backend is None:
+                reason = f": {self._load_error}" if self._load_error else ""
+                raise ChattyError(f"No model is loaded{reason}. Choose one with {self._keymap.get('switch_model', KEYS.switch_model)}.")
             reply = self.services.chat.reply(conversation_id, text)
             self.reply = reply
             if self._stop_requested:
@@ -481,6 +520,7 @@ class ChattyApp(App):
             turns = "turn" if dropped == 1 else "turns"
             self.notify(f"The conversation is longer than the context window: the oldest {dropped} {turns} were left out "
                         "of this prompt.", severity="warning")
+        self.status.context_used = len(event.reply.plan.prompt_ids)
         if self._assistant is not None:
             self._assistant.message_id = event.reply.message.id
         if self._user is not None:
@@ -504,8 +544,8 @@ class ChattyApp(App):
             assistant.update_details(details)
         if stats:
             self.status.tokens_per_second = stats.tokens_per_second
-            self.status.context_used = stats.prompt_tokens + stats.completion_tokens
         self._end_reply()
+        self.update_context_use()
         self.refresh_sidebar()
 
     async def on_reply_failed(self, event: ReplyFailed) -> None:
@@ -523,6 +563,10 @@ class ChattyApp(App):
                 if widget is not None:
                     await widget.remove()
             self.prompt.put_back(event.prompt)
+            if self._created_for_reply and not self.services.store.messages(self.conversation_id):
+                self.services.store.delete_conversation(self.conversation_id)
+                self.conversation_id = None
+                await self.chat_view.show_messages([])
         self.notify(str(event.error), title="Reply failed", severity="error", timeout=15)
         self._end_reply()
         self.refresh_sidebar()
@@ -538,10 +582,9 @@ class ChattyApp(App):
         if action == "stop":
             # Without a reply to stop, Esc goes on to the focused widget or dialog.
             return self._generating
-        if action in GLOBAL_ACTIONS:
-            return True
-        # The chat actions act on the chat screen, so they are off while another screen is on top.
-        return len(self.screen_stack) == 1
+        if action in CHAT_ACTIONS:
+            return len(self.screen_stack) == 1
+        return True
 
     def action_stop(self) -> None:
         self._stop_requested = True
@@ -549,8 +592,21 @@ class ChattyApp(App):
             self.reply.cancel()
 
     async def action_quit(self) -> None:
-        self.action_stop()
-        self.exit()
+        training = [screen for screen in self.screen_stack if isinstance(screen, FinetuneScreen) and screen.process]
+        if not training:
+            self.action_stop()
+            self.exit()
+            return
+
+        def quit_after_confirm(confirmed: bool | None) -> None:
+            if confirmed:
+                for screen in training:
+                    screen.cancel_training()
+                self.action_stop()
+                self.exit()
+
+        question = "Training is running. Stop it and quit? The adapter will not be saved."
+        self.push_screen(ConfirmScreen(question, "Stop training and quit", "Keep training"), quit_after_confirm)
 
     # Copying
 
@@ -592,10 +648,65 @@ class ChattyApp(App):
             timeout=10,
         )
 
+    # Looking inside the model
+
+    def _backend_for_inspection(self):
+        """Return the loaded backend when nothing else uses it; otherwise notify the user why not and return None."""
+        if self._generating:
+            self.notify("A reply is still streaming. Press Esc to stop it first.", severity="warning")
+            return None
+        loading = any(worker.group == "load" and worker.is_running for worker in self.workers)
+        backend = self.services.runtime.backend
+        if loading or backend is None:
+            self.notify("The model is still loading. Try again once the status line names it.", severity="warning")
+            return None
+        return backend
+
+    def action_show_prompt(self) -> None:
+        """Open the prompt and token view for the focused message, else for the text in the prompt box."""
+        backend = self._backend_for_inspection()
+        if backend is None:
+            return
+        chat = self.services.chat
+        focused = self.screen.focused
+        if isinstance(focused, MessageView) and focused.message_id is not None and self.conversation_id is not None:
+            if isinstance(focused, AssistantMessage):
+                title = "The conversation up to this reply, as the next prompt will contain it"
+            else:
+                title = "The prompt that the reply to this message reads"
+            compute = partial(inspect_message, chat, backend, self.conversation_id, focused.message_id)
+        else:
+            draft = self.prompt.text
+            title = "The prompt that sending the prompt box would produce" if draft.strip() else "The conversation so far"
+            compute = partial(inspect_draft, chat, backend, self.conversation_id, draft)
+        self.push_screen(PromptTokensScreen(title, compute))
+
+    def action_show_odds(self) -> None:
+        """Open the next-token view for the focused reply, else for the last one."""
+        reply = self.chat_view.selected_or_last_reply()
+        if reply is None or reply.message_id is None or self.conversation_id is None or not reply.text:
+            self.notify("There is no reply to inspect yet.", severity="warning")
+            return
+        backend = self._backend_for_inspection()
+        if backend is None:
+            return
+        details = reply.details
+        written_by = None
+        if details.model and details.backend:
+            written_by = f"{details.model} on {details.backend}" + (f" with adapter {details.adapter}" if details.adapter else "")
+        compute = partial(inspect_reply, self.services.chat, backend, self.conversation_id, reply.message_id)
+        self.push_screen(NextTokenScreen("Next-token odds: what the model almost said", compute, written_by))
+
+    def action_model_card(self) -> None:
+        self.push_screen(ModelCardScreen(self.services.runtime))
+
     # Command palette
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
-        yield from super().get_system_commands(screen)
+        for command in super().get_system_commands(screen):
+            # Textual's "Keys" panel shows the focused widget's keys; "Key bindings" below lists all.
+            if command.title != "Keys":
+                yield command
         yield SystemCommand("New conversation", "Start a new conversation", self.action_new_conversation)
         yield SystemCommand("Rename conversation", "Rename the selected conversation", self.action_rename_conversation)
         yield SystemCommand("Delete conversation", "Delete the selected conversation", self.action_delete_conversation)
@@ -609,4 +720,10 @@ class ChattyApp(App):
         yield SystemCommand("Copy code block", "Copy a code block from the selected reply", self.action_copy_code)
         yield SystemCommand("Stop reply", "Stop the reply that is streaming", self.action_stop)
         yield SystemCommand("Toggle sidebar", "Show or hide the conversation list", self.action_toggle_sidebar)
+        yield SystemCommand("Show prompt and tokens", "The selected message, or the prompt box, as the model reads it",
+                            self.action_show_prompt)
+        yield SystemCommand("Show next-token odds", "What the model almost said at each token of the selected reply",
+                            self.action_show_odds)
+        yield SystemCommand("Show model card", "Architecture, size and quantization of models; LoRA settings of adapters",
+                            self.action_model_card)
         yield SystemCommand("Key bindings", "List every key binding and its id", self.action_help)

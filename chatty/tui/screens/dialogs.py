@@ -19,6 +19,9 @@ DIALOG_CSS = """
     border: thick $primary 80%;
     background: $surface;
 }
+{name} Label {
+    width: 100%;
+}
 {name} .buttons {
     height: auto;
     margin-top: 1;
@@ -36,16 +39,17 @@ class ConfirmScreen(ModalScreen[bool]):
     DEFAULT_CSS = DIALOG_CSS.replace("{name}", "ConfirmScreen")
     BINDINGS = [Binding("escape", "cancel", "Cancel", show=False)]
 
-    def __init__(self, question: str, confirm_label: str = "Delete"):
+    def __init__(self, question: str, confirm_label: str = "Delete", cancel_label: str = "Cancel"):
         super().__init__()
         self.question = question
         self.confirm_label = confirm_label
+        self.cancel_label = cancel_label
 
     def compose(self) -> ComposeResult:
         with Vertical():
             yield Label(self.question, markup=False)
             with Horizontal(classes="buttons"):
-                yield Button("Cancel", id="cancel")
+                yield Button(self.cancel_label, id="cancel")
                 yield Button(self.confirm_label, id="confirm", variant="error")
 
     def on_mount(self) -> None:

@@ -266,7 +266,7 @@ class FinetuneScreen(Screen[Choice | None]):
         self.query_one("#summary", Static).update("")
         for panel in self.query(ABPanel):
             panel.remove()
-        self.query_one("#phase", Static).update(f"Loading {job.base.id} and preparing {len(job.conversations)} conversations…")
+        self.query_one("#phase", Static).update(Text(f"Loading {job.base.id} and preparing {len(job.conversations)} conversations…"))
         self.query_one("#start", Button).disabled = True
         self.query_one("#cancel", Button).disabled = False
         self.run_training(job)
@@ -319,8 +319,8 @@ class FinetuneScreen(Screen[Choice | None]):
             self.total_steps = event.total_steps
             self.query_one("#bar", ProgressBar).update(total=event.total_steps, progress=0)
             phase.update(
-                f"Training on {event.train_examples} conversations ({event.trainable_tokens} trained tokens per epoch), "
-                f"validating on {event.validation_examples}. {event.truncated} truncated."
+                f"Training on {event.train_examples} conversations ({event.trainable_tokens} reply tokens to learn per "
+                f"epoch), validating on {event.validation_examples}. {event.truncated} truncated."
             )
         elif isinstance(event, Progress):
             self.query_one("#bar", ProgressBar).update(progress=event.step)
@@ -353,7 +353,7 @@ class FinetuneScreen(Screen[Choice | None]):
         if not gguf.get("written"):
             summary += f" No LoRA GGUF, so only PyTorch can use it: {gguf.get('reason')}"
         keys = self.app._keymap.get("use_adapter", KEYS.use_adapter)
-        self.query_one("#phase", Static).update(f"Saved adapter '{finished.adapter_path.name}'. Press {keys} to chat with it.")
+        self.query_one("#phase", Static).update(Text(f"Saved adapter '{finished.adapter_path.name}'. Press {keys} to chat with it."))
         self.query_one("#summary", Static).update(Text(summary))
 
         adapter = read_adapter(finished.adapter_path)
@@ -375,7 +375,13 @@ class FinetuneScreen(Screen[Choice | None]):
             self.notify("Train an adapter first; this key then switches the chat to it.", severity="warning")
             return
         metadata = self.result.metadata
-        backend = "llama" if metadata.get("gguf", {}).get("written") and metadata["base_model"]["format"] == "gguf" else "torch"
+        llama_can_run = metadata.get("gguf", {}).get("written") and metadata["base_model"]["format"] == "gguf"
+        current = self.services.runtime.choice
+        # Stay on the backend the chat uses now when it can run the adapter; llama.cpp needs the LoRA GGUF.
+        if current is not None and (current.backend == "torch" or llama_can_run):
+            backend = current.backend
+        else:
+            backend = "llama" if llama_can_run else "torch"
         self.dismiss(Choice(metadata["base_model"]["id"], backend, self.result.adapter_path.name))
 
     def action_close(self) -> None:
@@ -388,4 +394,5 @@ class FinetuneScreen(Screen[Choice | None]):
                 self.cancel_training()
                 self.dismiss(None)
 
-        self.app.push_screen(ConfirmScreen("Training is running. Cancel it and close?", "Cancel training"), close)
+        question = "Training is running. Stop it and close the fine-tune screen? Nothing will be saved."
+        self.app.push_screen(ConfirmScreen(question, "Stop training", "Keep training"), close)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
@@ -33,11 +34,11 @@ class HelpScreen(ModalScreen[None]):
 
     def compose(self) -> ComposeResult:
         with Vertical():
-            yield Label("Keys", classes="title")
+            yield Label("Key bindings", classes="title")
             table = DataTable(cursor_type="row", zebra_stripes=True)
             table.add_columns("Keys", "Action", "Binding id")
             for row in self.rows:
-                table.add_row(*row)
+                table.add_row(*(Text(cell) for cell in row))
             yield table
             yield Label(
                 f"Remap a key under [keys] in {self.config_file}, by binding id. "

@@ -36,6 +36,10 @@ class LossPlot(PlotextPlot):
         plt.title("loss")
         plt.xlabel("step")
         if self.train:
+            # Steps are whole numbers; without explicit ticks plotext labels fractions between them.
+            last = self.train[-1][0]
+            every = max(1, last // 8)
+            plt.xticks(list(range(0, last + 1, every)))
             plt.plot([s for s, _ in self.train], [v for _, v in self.train], label="train", marker="braille")
         if self.validation:
             plt.scatter([s for s, _ in self.validation], [v for _, v in self.validation], label="validation", marker="●")

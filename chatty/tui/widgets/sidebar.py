@@ -8,7 +8,7 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.message import Message
-from textual.widgets import Input, OptionList
+from textual.widgets import Input, OptionList, Static
 from textual.widgets.option_list import Option, OptionDoesNotExist
 
 from chatty.store import Conversation
@@ -21,6 +21,7 @@ class Sidebar(Vertical):
     DEFAULT_CSS = """
     Sidebar {
         width: 32;
+        max-width: 35%;
         dock: left;
         border-right: vkey $panel;
     }
@@ -33,6 +34,12 @@ class Sidebar(Vertical):
     Sidebar > OptionList {
         height: 1fr;
         border: none;
+        text-wrap: nowrap;
+        text-overflow: ellipsis;
+    }
+    Sidebar > .empty {
+        color: $text-muted;
+        padding: 0 1;
     }
     """
 
@@ -46,6 +53,7 @@ class Sidebar(Vertical):
 
     def compose(self) -> ComposeResult:
         yield Input(placeholder="Search messages", id="search")
+        yield Static("", classes="empty")
         yield OptionList(id="conversations")
 
     @property
@@ -57,15 +65,22 @@ class Sidebar(Vertical):
         return self.query_one("#search", Input)
 
     def show(self, conversations: list[Conversation], current_id: int | None) -> None:
-        """Replace the list, keeping the open conversation highlighted."""
+        """Replace the list, keeping the highlight on the same conversation, else on the open one."""
         option_list = self.option_list
+        keep = self.highlighted_id if option_list.has_focus and self.highlighted_id is not None else current_id
+        empty = self.query_one(".empty", Static)
+        if conversations:
+            empty.display = False
+        else:
+            empty.display = True
+            empty.update("No matches." if self.search_input.value.strip() else "No conversations yet.")
         option_list.clear_options()
         option_list.add_options(
             Option(Text(("★ " if conversation.starred else "") + show_controls(conversation.title), no_wrap=True,
                         overflow="ellipsis"), id=str(conversation.id))
             for conversation in conversations
         )
-        self.highlight(current_id)
+        self.highlight(keep)
 
     def highlight(self, conversation_id: int | None) -> None:
         option_list = self.option_list
