@@ -7,6 +7,7 @@ interface produced it.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -51,6 +52,8 @@ class Reply:
         self.text = ""
         self.status = "interrupted"
         self.error: str | None = None
+        # Why the reply could not be saved (a full disk, a read-only folder); the reply still streams.
+        self.save_error: str | None = None
 
     @property
     def stats(self) -> GenerationStats | None:
@@ -66,7 +69,7 @@ class Reply:
                 self.text += piece
                 yield piece
                 if time.monotonic() - last_save >= SAVE_INTERVAL_SECONDS:
-                    self.store.update_message(self.message.id, content=self.text)
+                    self._save(content=self.text)
                     last_save = time.monotonic()
         except Exception as error:
             self._fail(error)
@@ -81,8 +84,7 @@ class Reply:
         self.generation.cancel()
         self.status = "stopped"
         stats = self.generation.stats
-        self.store.update_message(
-            self.message.id,
+        self._save(
             content=self.text,
             status="stopped",
             completion_tokens=len(self.generation.token_ids),
@@ -92,8 +94,7 @@ class Reply:
     def _finish(self) -> None:
         stats = self.generation.stats
         self.status = "stopped" if stats and stats.stop_reason == "cancelled" else "complete"
-        self.store.update_message(
-            self.message.id,
+        self._save(
             content=self.text,
             status=self.status,
             prompt_tokens=stats.prompt_tokens if stats else None,
@@ -106,11 +107,26 @@ class Reply:
         self.status = "error"
         self.error = str(error)
         log.error("reply %d in conversation %d failed: %s", self.message.id, self.message.conversation_id, error, exc_info=error)
-        if not self.text:
-            self.store.delete_message(self.message.id)
-            self.store.delete_message(self.user_message.id)
-        else:
-            self.store.update_message(self.message.id, content=self.text, status="error", error=self.error)
+        try:
+            if not self.text:
+                self.store.delete_message(self.message.id)
+                self.store.delete_message(self.user_message.id)
+            else:
+                self.store.update_message(self.message.id, content=self.text, status="error", error=self.error)
+        except sqlite3.Error as save_error:
+            self._record_save_error(save_error)
+
+    def _save(self, **changes) -> None:
+        """Write the reply's row; a database error is recorded, not raised, so the reply keeps streaming."""
+        try:
+            self.store.update_message(self.message.id, **changes)
+        except sqlite3.Error as error:
+            self._record_save_error(error)
+
+    def _record_save_error(self, error: sqlite3.Error) -> None:
+        if self.save_error is None:
+            log.error("could not save reply %d in conversation %d: %s", self.message.id, self.message.conversation_id, error)
+        self.save_error = f"{error}. Free disk space or make {self.store.path.parent} writable"
 
 
 class ChatService:

@@ -89,6 +89,8 @@ def ask(args: argparse.Namespace, services) -> int:
         return 130
     sys.stdout.write("\n")
     sys.stdout.flush()
+    if reply.save_error:
+        raise ChattyError(f"The reply above could not be saved: {reply.save_error}")
     return 0
 
 

@@ -44,7 +44,8 @@ class Runtime:
     @property
     def options(self) -> LoadOptions:
         model = self.config.model
-        return LoadOptions(n_ctx=model.n_ctx, threads=model.threads, dtype=model.dtype, cache_dir=self.cache_dir)
+        return LoadOptions(n_ctx=model.n_ctx, threads=model.threads, dtype=model.dtype, cache_dir=self.cache_dir,
+                           trust_remote_code=tuple(model.trust_remote_code))
 
     @property
     def model(self) -> ModelInfo | None:

@@ -45,6 +45,8 @@ class LoadOptions:
     dtype: str = "auto"
     # Where a backend may keep converted weights between runs; None disables such caching.
     cache_dir: Path | None = None
+    # Ids of models allowed to run Python code of their own when they load (transformers' trust_remote_code).
+    trust_remote_code: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

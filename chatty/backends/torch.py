@@ -56,7 +56,7 @@ class TorchBackend(Backend):
             torch.set_num_threads(self.options.threads)
 
         started = time.perf_counter()
-        loaded = load_model(model, device, dtype, cache_root)
+        loaded = load_model(model, device, dtype, cache_root, trust_remote_code=model.id in self.options.trust_remote_code)
         tokenizer = loaded.tokenizer
 
         self._bos_id = tokenizer.bos_token_id

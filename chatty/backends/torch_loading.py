@@ -60,11 +60,17 @@ def choose_dtype(name: str, device: str):
     return getattr(torch, name)
 
 
-def load_model(model: ModelInfo, device: str, dtype, cache_root: Path | None) -> LoadedModel:
-    """Load a Hugging Face folder, or a GGUF file through the safetensors cache when there is one."""
+def load_model(model: ModelInfo, device: str, dtype, cache_root: Path | None, trust_remote_code: bool = False) -> LoadedModel:
+    """Load a Hugging Face folder, or a GGUF file through the safetensors cache when there is one.
+
+    trust_remote_code lets a Hugging Face folder run the Python code it ships; callers set it only
+    for models the user listed in [model] trust_remote_code.
+    """
     route_library_logs()
     if model.format == "hf":
-        return _load_folder(model.path, device, dtype, cache_hit=None)
+        if trust_remote_code:
+            log.warning("loading %s with trust_remote_code: its own Python code runs", model.path)
+        return _load_folder(model.path, device, dtype, cache_hit=None, trust_remote_code=trust_remote_code)
 
     if "torch" not in model.backends:
         raise ModelError(
@@ -113,7 +119,7 @@ def reject_pickle_weights(folder: Path) -> None:
     raise ModelError(f"{folder} contains no .safetensors weights.")
 
 
-def _load_folder(folder: Path, device: str, dtype, cache_hit: bool | None) -> LoadedModel:
+def _load_folder(folder: Path, device: str, dtype, cache_hit: bool | None, trust_remote_code: bool = False) -> LoadedModel:
     from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -125,10 +131,10 @@ def _load_folder(folder: Path, device: str, dtype, cache_hit: bool | None) -> Lo
                 dtype=dtype,
                 device_map=device,
                 use_safetensors=True,
-                trust_remote_code=False,
+                trust_remote_code=trust_remote_code,
                 local_files_only=True,
             )
-            tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False, local_files_only=True)
+            tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code, local_files_only=True)
         except (OSError, ValueError, KeyError, RuntimeError, TypeError, SafetensorError) as error:
             raise ModelError(f"transformers could not load {folder}: {_reason(error)}") from None
     model.eval()

@@ -544,6 +544,8 @@ class ChattyApp(App):
             assistant.update_details(details)
         if stats:
             self.status.tokens_per_second = stats.tokens_per_second
+        if reply.save_error:
+            self.notify(f"The reply could not be saved: {reply.save_error}.", title="Not saved", severity="error", timeout=20)
         self._end_reply()
         self.update_context_use()
         self.refresh_sidebar()

@@ -339,7 +339,6 @@ class FinetuneScreen(Screen[Choice | None]):
             self.notify(event.message, title="Training failed", severity="error", timeout=20)
 
     async def _show_result(self, finished: Finished) -> None:
-        self.result = finished
         metadata = finished.metadata
         before, after = metadata.get("validation_loss_before"), metadata.get("validation_loss_after")
         if before is not None and after is not None:
@@ -362,6 +361,8 @@ class FinetuneScreen(Screen[Choice | None]):
         panel = ABPanel(base, adapter, LoadOptions(n_ctx=options.n_ctx, threads=options.threads, dtype=options.dtype,
                                                    cache_dir=options.cache_dir))
         await self.query_one("#run").mount(panel)
+        # Set last, so whoever waits for the result finds the A/B panel mounted.
+        self.result = finished
 
     def cancel_training(self) -> None:
         if self.process is not None:
