@@ -10,7 +10,7 @@ from chatty.store import Store
 from chatty.tui.screens.finetune import FinetuneScreen
 from chatty.tui.widgets.ab_panel import ABPanel
 from chatty.tui.widgets.loss_plot import LossPlot
-from tui_helpers import SIZE, make_app, notifications, wait_until
+from tui_helpers import SIZE, make_app, notifications, press_now, wait_until
 
 SIGN_OFF = "Stay curious, friend!"
 TOPICS = ["the sun", "rain", "cats", "dogs", "coffee", "tea", "bicycles", "trains", "the moon", "music"]
@@ -60,11 +60,16 @@ async def test_train_compare_and_use(chatty_home):
         assert "Validation loss" in summary
 
         panel = screen.query_one(ABPanel)
-        panel.query_one("#ab-prompt", Input).value = "Tell me one fact about volcanoes."
-        await pilot.click("#compare")
-        await wait_until(pilot, lambda: not panel.running and panel.answers()["adapter"], timeout=300)
+        prompt = panel.query_one("#ab-prompt", Input)
+        prompt.value = "Tell me one fact about volcanoes."
+        # Submit from the keyboard: a click right after the panel mounts can land before its first layout.
+        prompt.focus()
+        await pilot.pause()
+        await press_now(pilot, app, "enter")
+        await wait_until(pilot, lambda: panel.running or panel.answers()["base"], timeout=30)
+        await wait_until(pilot, lambda: not panel.running, timeout=300)
         answers = panel.answers()
-        assert SIGN_OFF in answers["adapter"]
+        assert SIGN_OFF in answers["adapter"], (answers, notifications(app))
         assert SIGN_OFF not in answers["base"]
 
         await pilot.press("f6")
