@@ -16,7 +16,7 @@ from chatty.backends import Backend, Generation, GenerationParams, GenerationSta
 from chatty.config import Config
 from chatty.errors import ChattyError, ContextOverflow
 from chatty.runtime import Runtime, RuntimeChoice
-from chatty.store import Conversation, Store, StoredMessage
+from chatty.store import Conversation, Store, StoredMessage, check_text
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +126,7 @@ class Reply:
     def _record_save_error(self, error: sqlite3.Error) -> None:
         if self.save_error is None:
             log.error("could not save reply %d in conversation %d: %s", self.message.id, self.message.conversation_id, error)
-        self.save_error = f"{error}. Free disk space or make {self.store.path.parent} writable"
+        self.save_error = f"{error}. {storage_advice(self.store)}"
 
 
 class ChatService:
@@ -213,14 +213,36 @@ class ChatService:
             )
         return PromptPlan(kept, prompt_ids, low, min(max_tokens, room))
 
+    def _save_turn(self, conversation: Conversation, text: str, choice: RuntimeChoice) -> tuple[StoredMessage, StoredMessage]:
+        """Save the user's message and the empty assistant row, or raise ChattyError and leave neither."""
+        saved: list[int] = []
+        try:
+            user_message = self.store.add_message(conversation.id, "user", text)
+            saved.append(user_message.id)
+            if conversation.title == DEFAULT_TITLE:
+                self.store.update_conversation(conversation.id, title=title_from(text))
+            self.store.update_conversation(conversation.id, model=choice.model, backend=choice.backend, adapter=choice.adapter)
+            assistant = self.store.add_message(
+                conversation.id, "assistant", "", status="interrupted",
+                model=choice.model, backend=choice.backend, adapter=choice.adapter,
+            )
+        except sqlite3.Error as error:
+            log.error("could not save a message in conversation %d: %s", conversation.id, error)
+            _delete_quietly(self.store, saved)
+            raise ChattyError(f"The message could not be saved: {error}. {storage_advice(self.store)}, then send it again.") from None
+        return user_message, assistant
+
     def reply(self, conversation_id: int, text: str) -> Reply:
         """Save the user's message and start the reply.
 
-        Raises ChattyError for an empty message and ContextOverflow for one that cannot fit; in
-        both cases nothing is saved.
+        Raises ChattyError for an empty message or one the database cannot take, InvalidText for
+        one with a lone surrogate, and ContextOverflow for one that does not fit the context window.
+        Nothing is saved in any of these cases.
         """
         if not text.strip():
             raise ChattyError("The message is empty. Type something to send.")
+        # Checked before tokenizing, which would fail on the same character with a UnicodeEncodeError.
+        check_text("content", text)
         backend = self.runtime.backend
         if backend is None:
             # Loading a default here would hide a failed load behind another model's answer.
@@ -234,14 +256,7 @@ class ChatService:
         if plan.dropped_turns:
             log.info("conversation %d: %d old turns left out to fit n_ctx", conversation_id, plan.dropped_turns)
 
-        user_message = self.store.add_message(conversation_id, "user", text)
-        if conversation.title == DEFAULT_TITLE:
-            self.store.update_conversation(conversation_id, title=title_from(text))
-        self.store.update_conversation(conversation_id, model=choice.model, backend=choice.backend, adapter=choice.adapter)
-        assistant = self.store.add_message(
-            conversation_id, "assistant", "", status="interrupted",
-            model=choice.model, backend=choice.backend, adapter=choice.adapter,
-        )
+        user_message, assistant = self._save_turn(conversation, text, choice)
         generation_params = GenerationParams(params.temperature, params.top_p, plan.max_tokens, params.seed)
         try:
             generation = backend.generate_from_tokens(plan.prompt_ids, generation_params)
@@ -250,6 +265,20 @@ class ChatService:
             self.store.delete_message(user_message.id)
             raise
         return Reply(self.store, assistant, user_message, generation, plan)
+
+
+def _delete_quietly(store: Store, message_ids: list[int]) -> None:
+    """Delete messages of a turn that could not be saved whole; on a read-only database that fails too."""
+    try:
+        for message_id in message_ids:
+            store.delete_message(message_id)
+    except sqlite3.Error as error:
+        log.error("could not remove messages %s of an unsaved turn: %s", message_ids, error)
+
+
+def storage_advice(store: Store) -> str:
+    """Return what to do when a write fails, which on a working database means a full disk or a read-only folder."""
+    return f"Free disk space or make {store.path.parent} writable"
 
 
 def _split_turns(messages: list[dict]) -> list[list[dict]]:

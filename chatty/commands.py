@@ -46,7 +46,7 @@ def ask(args: argparse.Namespace, services) -> int:
         if sys.stdin.isatty():
             raise ChattyError('No question given. Run chatty ask "your question", or pipe the question on stdin.')
         # A piped question ends with the newline of its last line, which is not part of it.
-        question = sys.stdin.read().rstrip("\n")
+        question = _read_stdin("question").rstrip("\n")
     if not question.strip():
         raise ChattyError("The question is empty. Give some text to send.")
     if args.system is not None and args.continue_id is not None:
@@ -90,8 +90,18 @@ def ask(args: argparse.Namespace, services) -> int:
     sys.stdout.write("\n")
     sys.stdout.flush()
     if reply.save_error:
-        raise ChattyError(f"The reply above could not be saved: {reply.save_error}")
+        raise ChattyError(f"The reply above could not be saved: {reply.save_error}.")
     return 0
+
+
+def _read_stdin(name: str) -> str:
+    """Read stdin as UTF-8, with a clear error for other encodings instead of a UnicodeDecodeError."""
+    data = sys.stdin.buffer.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ChattyError(f"The {name} on stdin is not valid UTF-8 (byte {error.start + 1} is 0x{data[error.start]:02x}). "
+                          "Convert it to UTF-8, for example with iconv.") from None
 
 
 def _check_overrides(overrides: dict) -> None:
@@ -114,7 +124,7 @@ def tokenize(args: argparse.Namespace, services) -> int:
     if text is None:
         if sys.stdin.isatty():
             raise ChattyError('No text given. Run chatty tokenize "your text", or pipe the text on stdin.')
-        text = sys.stdin.read()
+        text = _read_stdin("text")
 
     backend = services.runtime.load(getattr(args, "model", None), getattr(args, "backend", None))
     if args.chat:
@@ -192,7 +202,7 @@ def list_adapters(args: argparse.Namespace, services) -> int:
 
 
 def export(args: argparse.Namespace, services) -> int:
-    from chatty.finetune.dataset import write_jsonl_lines
+    from chatty.jsonl import write_jsonl_lines
 
     store = services.store
     ids = args.conversation or [c.id for c in reversed(store.list_conversations())]
@@ -229,7 +239,7 @@ def _markdown(conversation, messages) -> str:
 
 def import_file(args: argparse.Namespace, services) -> int:
     from chatty.chat import DEFAULT_TITLE, title_from
-    from chatty.finetune.dataset import read_jsonl
+    from chatty.jsonl import read_jsonl
 
     conversations = read_jsonl(args.file)
     entries = []
@@ -245,6 +255,8 @@ def import_file(args: argparse.Namespace, services) -> int:
 def run_tui(args: argparse.Namespace, services) -> int:
     from chatty.tui.app import ChattyApp
 
+    # Opening the store first reports an unusable data folder in one line, before the app takes the terminal.
+    _ = services.store
     app = ChattyApp(services, model=getattr(args, "model", None), backend=getattr(args, "backend", None))
     app.run()
     return app.return_code or 0

@@ -7,6 +7,7 @@ test keeps the two equal.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tomllib
@@ -18,6 +19,10 @@ from chatty.errors import ConfigError
 
 APP_NAME = "chatty"
 HOME_ENV = "CHATTY_HOME"
+# TOML integers are 64-bit signed; tomllib returns larger ones as Python ints instead of failing.
+TOML_INT_RANGE = range(-(2**63), 2**63)
+# Values quoted in error messages are cut to this many characters, so a message stays one short line.
+MAX_QUOTED_VALUE = 60
 
 
 def _option(default, help: str, choices: tuple = (), minimum=None, maximum=None, rule=None):
@@ -242,6 +247,9 @@ def parse_config(text: str, path: Path | str = "config.toml") -> Config:
             reason = message[: position.start()].strip()
             raise ConfigError(f"{path}:{position[1]}:{position[2]}: invalid TOML: {reason}.") from None
         raise ConfigError(f"{path}: invalid TOML: {message}.") from None
+    except RecursionError:
+        # tomllib parses nested arrays and inline tables recursively.
+        raise ConfigError(f"{path}: invalid TOML: arrays or inline tables are nested too deeply.") from None
 
     locator = _KeyLocator(text)
     config = Config()
@@ -251,7 +259,7 @@ def parse_config(text: str, path: Path | str = "config.toml") -> Config:
         if section_name not in sections:
             line = locator.find_table(section_name) or locator.find_key("", section_name)
             raise ConfigError(
-                f"{path}:{line or '?'}: unknown section '{section_name}'. Valid sections: {', '.join(sections)}."
+                f"{path}:{line or '?'}: unknown section {_quote(section_name)}. Valid sections: {', '.join(sections)}."
             )
         if not isinstance(table, dict):
             line = locator.find_key("", section_name)
@@ -269,20 +277,26 @@ def _apply_table(section, section_name: str, table: dict, path, locator: _KeyLoc
         name = f"{section_name}.{key}"
         line = locator.find_key(section_name, key) or "?"
         if key not in known:
-            raise ConfigError(f"{path}:{line}: unknown key '{name}'. Valid keys in [{section_name}]: {', '.join(known)}.")
+            raise ConfigError(
+                f"{path}:{line}: unknown key {_quote(name)}. Valid keys in [{section_name}]: {', '.join(known)}."
+            )
 
         expected = hints[key]
         if not _has_type(value, expected):
             raise ConfigError(
                 f"{path}:{line}: '{name}' must be {_describe_type(expected)}, not {_describe_value(value)}."
             )
+        if isinstance(value, int) and not isinstance(value, bool) and value not in TOML_INT_RANGE:
+            raise ConfigError(f"{path}:{line}: '{name}' is {_describe_value(value)}, outside the 64-bit range of TOML integers.")
         if expected is float:
             value = float(value)
+            if not math.isfinite(value):
+                raise ConfigError(f"{path}:{line}: '{name}' must be a finite number, not {_to_toml(value)}.")
 
         metadata = known[key].metadata
         if metadata["choices"] and value not in metadata["choices"]:
             options = ", ".join(f'"{c}"' for c in metadata["choices"])
-            raise ConfigError(f"{path}:{line}: '{name}' must be one of {options}, not {value!r}.")
+            raise ConfigError(f"{path}:{line}: '{name}' must be one of {options}, not {_quote(value)}.")
         if metadata["min"] is not None and value < metadata["min"]:
             raise ConfigError(f"{path}:{line}: '{name}' must be at least {metadata['min']}, not {value!r}.")
         if metadata["max"] is not None and value > metadata["max"]:
@@ -317,7 +331,7 @@ def _check_keys(keys: KeysConfig, table: dict, path, locator: _KeyLocator) -> No
         for key in (part.strip() for part in value.split(",")):
             if not _valid_key(key):
                 raise ConfigError(
-                    f"{path}:{line}: 'keys.{option.name}' has an invalid key {key!r}. Write keys as Textual names them, "
+                    f"{path}:{line}: 'keys.{option.name}' has an invalid key {_quote(key)}. Write keys as Textual names them, "
                     "such as \"ctrl+s\", \"f5\", \"enter\" or \"alt+shift+up\"."
                 )
             other = owners.setdefault((scope, key), option.name)
@@ -361,7 +375,16 @@ def _describe_type(expected) -> str:
 
 def _describe_value(value) -> str:
     kind = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list", dict: "a table"}
-    return f"{kind.get(type(value), type(value).__name__)} ({_to_toml(value)})"
+    return f"{kind.get(type(value), type(value).__name__)} ({_shorten(_to_toml(value))})"
+
+
+def _quote(value) -> str:
+    """Quote a name or value from the file for an error message: escaped, on one line, and short."""
+    return _shorten(repr(value))
+
+
+def _shorten(text: str) -> str:
+    return text if len(text) <= MAX_QUOTED_VALUE else text[: MAX_QUOTED_VALUE - 1] + "…"
 
 
 class _KeyLocator:
@@ -396,14 +419,34 @@ class _KeyLocator:
 # The reference config.toml
 
 
+# TOML basic strings must escape the quote, the backslash and the control characters other than tab.
+# Other characters that are not printable are escaped too, so that a value quoted in an error
+# message cannot put a line break, an escape sequence or a bidi override on the terminal.
+_TOML_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
+
+
+def _toml_string(value: str) -> str:
+    escaped = []
+    for character in value:
+        if character in _TOML_ESCAPES:
+            escaped.append(_TOML_ESCAPES[character])
+        elif not character.isprintable() and character != " ":
+            code = ord(character)
+            escaped.append(f"\\u{code:04X}" if code <= 0xFFFF else f"\\U{code:08X}")
+        else:
+            escaped.append(character)
+    return '"' + "".join(escaped) + '"'
+
+
 def _to_toml(value) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
-        escaped = value.replace("\\", "\\\\").replace('"', '\\"')
-        return f'"{escaped}"'
+        return _toml_string(value)
     if isinstance(value, list):
         return "[" + ", ".join(_to_toml(item) for item in value) + "]"
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # nan, inf and -inf, spelled as TOML spells them
     return repr(value)
 
 

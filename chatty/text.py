@@ -36,6 +36,24 @@ def show_controls(text: str) -> str:
     return _CONTROL.sub(picture, text)
 
 
+def show_controls_in_place(text: str) -> str:
+    """Replace each control character with one visible character, so every other character keeps its index.
+
+    Text areas need this: their cursor and selection are character positions in the unchanged text.
+    C0 controls and DEL get their control pictures; C1 controls and bidi characters get U+FFFD.
+    """
+
+    def picture(match: re.Match) -> str:
+        code = ord(match[0])
+        if code < 0x20:
+            return chr(0x2400 + code)
+        if code == 0x7F:
+            return "\u2421"
+        return "\ufffd"
+
+    return _CONTROL.sub(picture, text)
+
+
 def code_blocks(markdown: str) -> list[tuple[str, str]]:
     """Return (language, code) for every fenced or indented code block in Markdown text."""
     from markdown_it import MarkdownIt

@@ -21,10 +21,10 @@ from chatty.finetune.dataset import (
     DatasetError,
     Example,
     build_example,
-    read_jsonl,
     split_dataset,
     usable_messages,
 )
+from chatty.jsonl import JsonlError, read_jsonl
 from chatty.finetune.job import DatasetReady, Failed, Finished, Progress, TrainingJob
 from chatty.finetune.process import TrainingProcess
 from chatty.models.adapters import read_adapter
@@ -152,6 +152,29 @@ def test_length_grouping_pads_little():
     assert padding_fraction(grouped) < padding_fraction(shortest_with_longest) / 3
 
 
+def test_loss_on_target_positions_equals_full_logits(embedded_model, torch_cache_dir, tokenizer, template):
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from chatty.backends.torch_loading import load_model
+    from chatty.finetune.batching import collate
+    from chatty.finetune.trainer import _keeps_positions, summed_target_loss
+
+    model = load_model(embedded_model, "cpu", torch.float32, torch_cache_dir / "torch").model
+    model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    assert _keeps_positions(model)
+    conversations = signoff_conversations(TRAIN_TOPICS[:3])
+    conversations[1] = conversations[1] + [{"role": "user", "content": "And one more thing, please, in detail?"},
+                                           {"role": "assistant", "content": "Nothing more."}]
+    batch = [build_example(tokenizer, template, messages, 512, str(index)) for index, messages in enumerate(conversations)]
+    input_ids, attention_mask, labels = collate(batch, tokenizer.eos_token_id, "cpu")
+    with torch.inference_mode():
+        full = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1]
+        expected = torch.nn.functional.cross_entropy(full.flatten(0, 1), labels[:, 1:].flatten(), reduction="sum")
+        kept = summed_target_loss(model, input_ids, attention_mask, labels)
+    assert kept.item() == pytest.approx(expected.item(), rel=1e-4)
+
+
 # JSONL
 
 
@@ -159,7 +182,7 @@ def test_read_jsonl_reports_invalid_line(tmp_path):
     path = tmp_path / "data.jsonl"
     good = json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]})
     path.write_text(f"{good}\n{good}\n{{not json\n", encoding="utf-8")
-    with pytest.raises(DatasetError, match=r"data.jsonl:3: invalid JSON"):
+    with pytest.raises(JsonlError, match=r"data.jsonl:3: invalid JSON"):
         read_jsonl(path)
 
 
@@ -173,14 +196,14 @@ def test_read_jsonl_reports_invalid_line(tmp_path):
 def test_read_jsonl_rejects_bad_records(tmp_path, line, reason):
     path = tmp_path / "data.jsonl"
     path.write_text(line + "\n", encoding="utf-8")
-    with pytest.raises(DatasetError, match=reason):
+    with pytest.raises(JsonlError, match=reason):
         read_jsonl(path)
 
 
 def test_read_jsonl_rejects_non_utf8(tmp_path):
     path = tmp_path / "data.jsonl"
     path.write_bytes(b'{"messages": [{"role": "user", "content": "ok"}]}\n{"messages": "\xff"}\n')
-    with pytest.raises(DatasetError, match=r"data.jsonl:2: the file is not valid UTF-8"):
+    with pytest.raises(JsonlError, match=r"data.jsonl:2: the file is not valid UTF-8"):
         read_jsonl(path)
 
 

@@ -154,3 +154,30 @@ def test_concurrent_writers_lose_nothing(tmp_path):
     assert errors == []
     assert len(contents) == 200
     assert all(content.endswith("edited") for content in contents)
+
+
+def test_finished_threads_release_connections(store):
+    """The TUI runs each background task on a new thread, so the connections of finished threads must be closed."""
+    waiting = threading.Event()
+    release = threading.Event()
+    results = []
+
+    def long_task() -> None:
+        store.create_conversation("long task")
+        waiting.set()
+        release.wait(timeout=30)
+        results.append(len(store.list_conversations()))
+
+    long_thread = threading.Thread(target=long_task)
+    long_thread.start()
+    waiting.wait(timeout=30)
+    for _ in range(50):
+        thread = threading.Thread(target=store.list_conversations)
+        thread.start()
+        thread.join()
+
+    # The fixture's thread, the long task and the last short task: finished ones are closed on the next open.
+    assert len(store.db.open_connections) == 3
+    release.set()
+    long_thread.join()
+    assert results == [1]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from chatty.cli import Services
@@ -57,3 +58,30 @@ async def press_now(pilot, app: ChattyApp, *keys: str) -> None:
 
 def notifications(app: ChattyApp) -> list[str]:
     return [notification.message for notification in app._notifications]
+
+
+class StallMeter:
+    """Maximum time the event loop was held, measured by a task that requests a wake-up every 10 ms.
+
+    Use it as `async with StallMeter() as meter:` inside App.run_test, whose loop is the app's own.
+    """
+
+    INTERVAL = 0.01
+
+    def __init__(self):
+        self.max_stall = 0.0
+        self._task: asyncio.Task | None = None
+
+    async def __aenter__(self) -> StallMeter:
+        self._task = asyncio.get_running_loop().create_task(self._measure())
+        await asyncio.sleep(0)
+        return self
+
+    async def __aexit__(self, *exc_info) -> None:
+        self._task.cancel()
+
+    async def _measure(self) -> None:
+        while True:
+            started = time.monotonic()
+            await asyncio.sleep(self.INTERVAL)
+            self.max_stall = max(self.max_stall, time.monotonic() - started - self.INTERVAL)

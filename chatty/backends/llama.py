@@ -8,6 +8,7 @@ import io
 import logging
 import os
 import random
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +27,11 @@ native_log = logging.getLogger("chatty.llama_cpp")
 
 _log_callback = None  # keeps the ctypes callback alive for as long as llama.cpp may call it
 _pending_interrupt = False  # a Ctrl+C that arrived inside the log callback
+# Error lines that llama.cpp logs while a thread loads a model; its Python binding raises only
+# "Failed to load model from file", so the reason comes from here.
+_load_errors = threading.local()
+# The part of llama.cpp's error line that gives the reason a model failed to load.
+_LOAD_ERROR_PREFIX = "error loading model: "
 
 
 def _raise_pending_interrupt() -> None:
@@ -52,6 +58,9 @@ def _route_native_logs() -> None:
         try:
             python_level = previous[0] if level == 5 else levels.get(level, logging.DEBUG)
             previous[0] = python_level
+            errors = getattr(_load_errors, "lines", None)
+            if python_level >= logging.ERROR and errors is not None:
+                errors.append(text.decode("utf-8", errors="replace").strip())
             if not native_log.isEnabledFor(python_level):
                 return
             line = text.decode("utf-8", errors="replace").rstrip()
@@ -64,6 +73,20 @@ def _route_native_logs() -> None:
 
     _log_callback = callback
     llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
+
+
+def _load_failure(path: Path, architecture: str, native_errors: list[str], error: Exception) -> ModelError:
+    """Describe a failed load with the reason that llama.cpp logged, which names an unknown architecture."""
+    reasons = [line.split(_LOAD_ERROR_PREFIX, 1)[1] for line in native_errors if _LOAD_ERROR_PREFIX in line]
+    reason = reasons[0].rstrip(".") if reasons else str(error).rstrip(".")
+    if "unknown model architecture" in reason:
+        import llama_cpp
+
+        return ModelError(
+            f"llama.cpp cannot run {path}: its architecture '{architecture}' is unknown to this build "
+            f"(llama-cpp-python {llama_cpp.__version__}). Choose a model of another architecture, or update llama-cpp-python."
+        )
+    return ModelError(f"llama.cpp could not load {path} (architecture '{architecture}'): {reason}. See the log for details.")
 
 
 def default_threads() -> int:
@@ -103,6 +126,7 @@ class LlamaBackend(Backend):
         # verbose=True stops llama-cpp-python from redirecting file descriptors 1 and 2 while it
         # loads, which would swallow the TUI's output; its Python-level prints go to the log.
         stray_output = io.StringIO()
+        _load_errors.lines = []
         try:
             with contextlib.redirect_stderr(stray_output), contextlib.redirect_stdout(stray_output):
                 llm = llama_cpp.Llama(
@@ -120,11 +144,9 @@ class LlamaBackend(Backend):
                     f"llama.cpp could not create a context of {self.options.n_ctx or 'the training'} tokens for {model.id}: "
                     f"{error}. The KV cache may not fit in memory; lower [model] n_ctx."
                 ) from None
-            raise ModelError(
-                f"llama.cpp could not load {model.path} (architecture '{info.architecture}'): {error}. "
-                "The architecture may be unsupported by this llama.cpp build; see the log for details."
-            ) from None
+            raise _load_failure(model.path, info.architecture, _load_errors.lines, error) from None
         finally:
+            _load_errors.lines = None
             if stray_output.getvalue():
                 log.debug("llama-cpp-python output while loading:\n%s", stray_output.getvalue())
         _raise_pending_interrupt()

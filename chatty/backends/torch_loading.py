@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from chatty.errors import ModelError
-from chatty.models.catalog import ModelInfo
+from chatty.models.catalog import TORCH_GGUF_ARCHITECTURES, ModelInfo
 
 log = logging.getLogger(__name__)
 
@@ -70,12 +70,14 @@ def load_model(model: ModelInfo, device: str, dtype, cache_root: Path | None, tr
     if model.format == "hf":
         if trust_remote_code:
             log.warning("loading %s with trust_remote_code: its own Python code runs", model.path)
+        else:
+            reject_remote_code(model)
         return _load_folder(model.path, device, dtype, cache_hit=None, trust_remote_code=trust_remote_code)
 
     if "torch" not in model.backends:
         raise ModelError(
-            f"transformers cannot load GGUF architecture '{model.architecture}' from {model.path}. "
-            "Use --backend llama for this model."
+            f"The torch backend cannot run {model.path}: transformers reads GGUF files of the architectures "
+            f"{', '.join(sorted(TORCH_GGUF_ARCHITECTURES))}, not '{model.architecture}'. Try --backend llama."
         )
     if cache_root is None:
         loaded = _load_gguf(model.path)
@@ -103,6 +105,38 @@ def load_model(model: ModelInfo, device: str, dtype, cache_root: Path | None, tr
     loaded.cache_hit = False
     _move(loaded.model, device, dtype)
     return loaded
+
+
+def reject_remote_code(model: ModelInfo) -> None:
+    """Raise ModelError when a folder loads only through the Python code it ships, which the user has not allowed.
+
+    A config.json whose auto_map names classes in the folder's own .py files ships such code. When
+    its model_type is one that transformers defines, transformers loads its own class and the
+    shipped code stays unused, so the folder loads without it.
+    """
+    from transformers import CONFIG_MAPPING
+
+    try:
+        config = json.loads((model.path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise ModelError(f"{model.path / 'config.json'} cannot be read: {error}.") from None
+    auto_map = config.get("auto_map") if isinstance(config, dict) else None
+    if not isinstance(auto_map, dict) or not auto_map or config.get("model_type") in CONFIG_MAPPING:
+        return
+    raise ModelError(
+        f"{model.path} loads only through the Python code it ships ({', '.join(_code_files(auto_map))}), and chatty runs such code "
+        f"only for models listed in [model] trust_remote_code. Read that code, then add \"{model.id}\" to "
+        "trust_remote_code under [model] in config.toml to run it."
+    )
+
+
+def _code_files(auto_map: dict) -> list[str]:
+    """Return the module files that auto_map references such as "modeling_x.XForCausalLM" point to."""
+    references = []
+    for value in auto_map.values():
+        references += value if isinstance(value, list) else [value]
+    # A reference may name code in another repository as "owner/repo--module.Class".
+    return sorted({str(reference).split("--")[-1].split(".")[0] + ".py" for reference in references if reference})
 
 
 def reject_pickle_weights(folder: Path) -> None:

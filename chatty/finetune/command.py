@@ -91,7 +91,8 @@ def select_training_data(args: argparse.Namespace, services):
 def run(args: argparse.Namespace, services) -> int:
     from chatty.finetune.job import DatasetReady, Evaluation, Progress, TrainingJob
     from chatty.finetune.trainer import Distributed, check_qlora_possible, train
-    from chatty.finetune.writer import check_adapter_name, remove_stale_staging
+    from chatty.finetune.writer import check_adapter_name
+    from chatty.models.adapters import remove_stale_staging
 
     options = options_from(args, services.config.finetune)
     if options.qlora:

@@ -9,11 +9,9 @@ so the spans come from ChatTemplate's segments instead.
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from chatty.errors import ChattyError
 from chatty.models.template import ChatTemplate, RenderedPrompt
@@ -175,53 +173,3 @@ def usable_messages(stored_messages, system_prompt: str = "", include_unfinished
             pending_user = []
     return messages
 
-
-# OpenAI-style JSONL: one {"messages": [{"role", "content"}, ...]} object per line
-
-
-def read_jsonl(path: Path) -> list[list[dict]]:
-    """Read conversations from a messages JSONL file, all or nothing.
-
-    Raises DatasetError naming the line of the first invalid record, so nothing is half-imported.
-    """
-    path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as error:
-        raise DatasetError(f"Cannot read {path}: {error.strerror}.") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as error:
-        line = raw[: error.start].count(b"\n") + 1
-        raise DatasetError(f"{path}:{line}: the file is not valid UTF-8. Save it as UTF-8.") from None
-
-    conversations = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise DatasetError(f"{path}:{number}: invalid JSON ({error.msg}).") from None
-        messages = record.get("messages") if isinstance(record, dict) else None
-        if not isinstance(messages, list) or not messages:
-            raise DatasetError(f"{path}:{number}: expected an object with a non-empty \"messages\" list.")
-        for index, message in enumerate(messages, start=1):
-            valid = (
-                isinstance(message, dict)
-                and message.get("role") in ROLES
-                and isinstance(message.get("content"), str)
-            )
-            if not valid:
-                raise DatasetError(
-                    f"{path}:{number}: message {index} needs a role (system, user or assistant) and string content."
-                )
-        conversations.append([{"role": m["role"], "content": m["content"]} for m in messages])
-    if not conversations:
-        raise DatasetError(f"{path} contains no conversations.")
-    return conversations
-
-
-def write_jsonl_lines(conversations: list[list[dict]]) -> str:
-    """Return conversations as messages JSONL text, one conversation per line."""
-    return "".join(json.dumps({"messages": messages}, ensure_ascii=False) + "\n" for messages in conversations)

@@ -18,7 +18,7 @@ import traceback
 from collections.abc import Iterator
 
 from chatty.finetune.job import Cancelled, Failed, Finished, TrainingJob
-from chatty.finetune.writer import STAGING_PREFIX, remove_stale_staging
+from chatty.models.adapters import STAGING_PREFIX, remove_stale_staging
 
 log = logging.getLogger(__name__)
 

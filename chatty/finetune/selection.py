@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from chatty.finetune.dataset import DatasetError, read_jsonl, usable_messages
+from chatty.finetune.dataset import DatasetError, usable_messages
+from chatty.jsonl import read_jsonl
 
 
 @dataclass

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from chatty.errors import ChattyError
 from chatty.finetune.batching import collate, length_grouped_batches, padding_fraction
-from chatty.finetune.dataset import Dataset, DatasetError, build_example, split_dataset
+from chatty.finetune.dataset import IGNORE_INDEX, Dataset, DatasetError, build_example, split_dataset
 from chatty.finetune.job import Cancelled, DatasetReady, Evaluation, Finished, Progress, TrainingJob
 from chatty.finetune.writer import write_adapter
 
@@ -276,18 +276,46 @@ def _optimizer_step(model, optimizer, trainable, group, pad_id: int, device: str
     total_loss = 0.0
     for batch in group:
         input_ids, attention_mask, labels = collate(batch, pad_id, device)
-        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
-        # Position t predicts token t + 1; the loss is summed, then divided by the group's targets,
-        # so every assistant token weighs the same whatever batch it falls in.
-        loss = torch.nn.functional.cross_entropy(
-            logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100, reduction="sum"
-        ) / max(1, target_tokens)
+        # The loss is summed, then divided by the group's target count, so every assistant token
+        # has the same weight in whichever batch it falls.
+        loss = summed_target_loss(model, input_ids, attention_mask, labels) / max(1, target_tokens)
         loss.backward()
         total_loss += loss.item()
     torch.nn.utils.clip_grad_norm_(trainable, MAX_GRAD_NORM)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return total_loss, real_tokens
+
+
+def summed_target_loss(model, input_ids, attention_mask, labels):
+    """Return the cross-entropy summed over the assistant targets of a padded batch.
+
+    Position t predicts token t + 1. The language-model head is a vocabulary-wide matmul, and its
+    logits are the largest activation. Where the model accepts a tensor `logits_to_keep`, the head
+    therefore runs only at positions where some row has a target. System and user turns and the
+    padding tail then cost no head compute and no logits memory.
+    """
+    import torch
+
+    targets = labels[:, 1:]
+    if _keeps_positions(model):
+        positions = (targets != IGNORE_INDEX).any(dim=0).nonzero().flatten()
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=positions).logits
+        targets = targets[:, positions]
+    else:
+        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1]
+    return torch.nn.functional.cross_entropy(
+        logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
+    )
+
+
+def _keeps_positions(model) -> bool:
+    """Check whether the causal LM under PEFT (and DDP) takes a `logits_to_keep` argument."""
+    import inspect
+
+    inner = getattr(model, "module", model)
+    base = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
+    return "logits_to_keep" in inspect.signature(base.forward).parameters
 
 
 def evaluate(model, dataset: Dataset, pad_id: int, device: str, batch_size: int) -> float | None:
@@ -301,10 +329,7 @@ def evaluate(model, dataset: Dataset, pad_id: int, device: str, batch_size: int)
     with torch.inference_mode():
         for batch in length_grouped_batches(dataset.validation, batch_size, seed=0):
             input_ids, attention_mask, labels = collate(batch, pad_id, device)
-            logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
-            total += torch.nn.functional.cross_entropy(
-                logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100, reduction="sum"
-            ).item()
+            total += summed_target_loss(model, input_ids, attention_mask, labels).item()
             count += sum(example.trainable_tokens for example in batch)
     model.train()
     return total / max(1, count)

@@ -2,7 +2,8 @@
 
 The adapter is written into a hidden staging folder in the adapters folder and renamed into place
 at the end, so a cancel, a crash or a kill never leaves a half-written adapter where chatty looks
-for adapters. Staging folders whose process is gone are removed before the next run.
+for adapters. Staging folders whose process is gone are removed by the next training run and by
+every scan of the adapter catalog (see chatty.models.adapters.remove_stale_staging).
 """
 
 from __future__ import annotations
@@ -19,12 +20,10 @@ from pathlib import Path
 from chatty import __version__
 from chatty.errors import ChattyError, ModelError
 from chatty.finetune.job import Finished, TrainingJob
-from chatty.models.adapters import GGUF_FILE, base_model_record, write_metadata
+from chatty.models.adapters import GGUF_FILE, STAGING_PREFIX, base_model_record, write_metadata
 
 log = logging.getLogger(__name__)
 
-STAGING_PREFIX = ".partial-"
-_STAGING_NAME = re.compile(r"^\.partial-.*-(\d+)-[^-]+$")
 _VALID_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
@@ -81,30 +80,3 @@ def _convert(staging: Path, job: TrainingJob) -> dict:
         log.warning("adapter %s has no LoRA GGUF: %s", job.name, error)
         return {"written": False, "reason": str(error)}
     return {"written": True, "file": GGUF_FILE}
-
-
-def remove_stale_staging(adapters_dir: Path) -> list[Path]:
-    """Delete staging folders left by training processes that no longer run; returns them."""
-    removed = []
-    if not adapters_dir.is_dir():
-        return removed
-    for folder in adapters_dir.iterdir():
-        match = _STAGING_NAME.match(folder.name)
-        if not match or not folder.is_dir() or _process_alive(int(match[1])):
-            continue
-        shutil.rmtree(folder, ignore_errors=True)
-        removed.append(folder)
-        log.info("removed %s, left by an interrupted training run", folder)
-    return removed
-
-
-def _process_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

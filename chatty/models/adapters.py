@@ -5,12 +5,19 @@ An adapter folder holds:
 - adapter.gguf, the same LoRA for llama.cpp (written by chatty's converter);
 - chatty_adapter.json, chatty's metadata: the base model it was trained on (id and SHA-256 of the
   weights file), hyperparameters, source conversations, losses and the date.
+
+Training writes those files into a hidden staging folder, .partial-NAME-PID-RANDOM, and renames it
+to NAME when all of them are written. A staging folder whose process is gone is a leftover of a
+killed run, and the catalog removes such folders whenever it scans.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +31,10 @@ PEFT_WEIGHTS = "adapter_model.safetensors"
 GGUF_FILE = "adapter.gguf"
 METADATA_FILE = "chatty_adapter.json"
 PICKLE_WEIGHTS = ("adapter_model.bin", "adapter_model.pt", "adapter_model.pth")
+STAGING_PREFIX = ".partial-"
+# CPython's tempfile.mkdtemp draws its random suffix from letters, digits and "_", never "-", so the
+# last number between dashes is the PID.
+_STAGING_NAME = re.compile(r"^\.partial-.*-(\d+)-[^-]+$")
 
 
 @dataclass
@@ -146,6 +157,7 @@ class AdapterCatalog:
         self.skipped = []
         if not self.folder.is_dir():
             return found
+        remove_stale_staging(self.folder)
         for candidate in sorted(self.folder.iterdir()):
             # Folders starting with "." are temporary folders of a training run in progress.
             if not candidate.is_dir() or candidate.name.startswith("."):
@@ -170,3 +182,35 @@ class AdapterCatalog:
             return read_adapter(path)
         known = ", ".join(adapter.name for adapter in self.adapters()) or "none yet"
         raise ModelError(f"Adapter '{reference}' not found in {self.folder}. Known adapters: {known}.")
+
+
+def remove_stale_staging(adapters_dir: Path) -> list[Path]:
+    """Delete staging folders left by training processes that no longer run; returns them.
+
+    NOTE: liveness is checked by PID on this machine only. A folder whose PID was reused by another
+    process stays until that process ends, and a run writing to a shared adapters folder from
+    another machine or PID namespace would lose its staging folder.
+    """
+    removed = []
+    if not adapters_dir.is_dir():
+        return removed
+    for folder in adapters_dir.iterdir():
+        match = _STAGING_NAME.match(folder.name)
+        if not match or not folder.is_dir() or _process_alive(int(match[1])):
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder)
+        log.info("removed %s, left by an interrupted training run", folder)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -14,6 +14,7 @@ import os
 import re
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
@@ -59,13 +60,31 @@ def split_statements(script: str) -> list[str]:
     return statements
 
 
+def _enable_wal(connection: sqlite3.Connection) -> None:
+    """Switch the file to WAL journaling, waiting up to the busy timeout while others hold a lock.
+
+    When several processes open a new file at once, SQLite (seen with 3.40.1) answers this pragma with
+    "database is locked" at once instead of calling the busy handler, so the wait happens here.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            connection.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if error.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
+
+
 class Database:
     """A SQLite file with per-thread connections, WAL journaling and a busy timeout."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
         self._local = threading.local()
-        self._connections: list[sqlite3.Connection] = []
+        # Every open connection with the thread that opened it.
+        self._connections: list[tuple[threading.Thread, sqlite3.Connection]] = []
         self._lock = threading.Lock()
 
     def open(self) -> Database:
@@ -85,6 +104,12 @@ class Database:
         try:
             self.migrate()
         except sqlite3.DatabaseError as error:
+            # A read-only file or a full disk needs the user to act on the folder, not on the file.
+            if getattr(error, "sqlite_errorcode", 0) & 0xFF in (sqlite3.SQLITE_READONLY, sqlite3.SQLITE_FULL):
+                raise ChattyError(
+                    f"Cannot write the database {self.path}: {error}. Free disk space or make it and {folder} writable, "
+                    "or set CHATTY_HOME to another folder."
+                ) from None
             raise ChattyError(
                 f"{self.path} cannot be used as chatty's database: {error}. Move the file away to start a new one."
             ) from None
@@ -97,8 +122,29 @@ class Database:
             connection = self._connect()
             self._local.connection = connection
             with self._lock:
-                self._connections.append(connection)
+                self._close_orphans()
+                self._connections.append((threading.current_thread(), connection))
         return connection
+
+    def _close_orphans(self) -> None:
+        """Close the connections of threads that have ended.
+
+        The TUI runs each background task on a new thread, so without this every reply and every
+        search would leave a connection, and its two file descriptors, open until chatty exits.
+        """
+        alive = []
+        for thread, connection in self._connections:
+            if thread.is_alive():
+                alive.append((thread, connection))
+            else:
+                connection.close()
+        self._connections = alive
+
+    @property
+    def open_connections(self) -> list[sqlite3.Connection]:
+        """The connections that are open now, one per thread that has used the database."""
+        with self._lock:
+            return [connection for _, connection in self._connections]
 
     def _connect(self) -> sqlite3.Connection:
         try:
@@ -107,7 +153,7 @@ class Database:
             )
             connection.row_factory = sqlite3.Row
             connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            connection.execute("PRAGMA journal_mode = WAL")
+            _enable_wal(connection)
             # NORMAL is durable against an application crash in WAL mode; only a power loss can
             # drop the last transactions.
             connection.execute("PRAGMA synchronous = NORMAL")
@@ -126,7 +172,15 @@ class Database:
         except BaseException:
             connection.execute("ROLLBACK")
             raise
-        connection.execute("COMMIT")
+        try:
+            connection.execute("COMMIT")
+        except sqlite3.Error:
+            # A COMMIT that fails (a full disk while the WAL grows) can leave the transaction open,
+            # holding the write lock that every other connection waits for.
+            # NOTE: no test reaches this; SQLite's page limit fails statements, not COMMIT.
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
+            raise
 
     def migrate(self) -> None:
         """Apply the migrations that this file lacks, all in one transaction."""
@@ -146,7 +200,7 @@ class Database:
 
     def close(self) -> None:
         with self._lock:
-            for connection in self._connections:
+            for _, connection in self._connections:
                 connection.close()
             self._connections.clear()
         self._local = threading.local()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -89,6 +90,36 @@ class ConversationNotFound(ChattyError):
     pass
 
 
+class InvalidText(ChattyError):
+    """Text that cannot be saved: it contains a lone surrogate, which has no UTF-8 encoding."""
+
+
+# Lone surrogates reach Python strings through JSON escapes such as "\ud800" and through command-line
+# arguments that are not valid UTF-8; SQLite stores text as UTF-8, which cannot encode them.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_FIELD_NAMES = {
+    "title": "title", "system_prompt": "system prompt", "content": "message", "model": "model name",
+    "backend": "backend name", "adapter": "adapter name", "error": "error text",
+}
+
+
+def check_text(field: str, text) -> None:
+    """Raise InvalidText when a text field contains a lone surrogate. NUL and every other character are stored as they are."""
+    if not isinstance(text, str):
+        return
+    match = _SURROGATE.search(text)
+    if match:
+        raise InvalidText(
+            f"The {_FIELD_NAMES.get(field, field)} contains U+{ord(match[0]):04X} at character {match.start() + 1}, "
+            "a lone surrogate that is not valid Unicode, so it cannot be saved. Remove that character and try again."
+        )
+
+
+def _check_fields(fields: dict) -> None:
+    for name, value in fields.items():
+        check_text(name, value)
+
+
 _CONVERSATION_FIELDS = {"title", "system_prompt", "model", "backend", "adapter", "params", "starred"}
 _MESSAGE_FIELDS = {
     "content", "status", "model", "backend", "adapter", "prompt_tokens", "completion_tokens", "tokens_per_second", "error",
@@ -119,6 +150,7 @@ class Store:
         adapter: str | None = None,
         params: dict | None = None,
     ) -> Conversation:
+        _check_fields({"title": title, "system_prompt": system_prompt, "model": model, "backend": backend, "adapter": adapter})
         timestamp = now()
         cursor = self.db.connection.execute(
             "INSERT INTO conversations (title, system_prompt, model, backend, adapter, params, created_at, updated_at)"
@@ -148,6 +180,10 @@ class Store:
 
     def import_conversations(self, conversations: list[tuple[str, list[dict]]]) -> list[int]:
         """Insert (title, messages) pairs in one transaction: all of them are saved, or none."""
+        for title, messages in conversations:
+            check_text("title", title)
+            for message in messages:
+                check_text("content", message["content"])
         ids = []
         with self.db.transaction() as connection:
             for title, messages in conversations:
@@ -171,6 +207,7 @@ class Store:
         unknown = set(changes) - _CONVERSATION_FIELDS
         if unknown:
             raise TypeError(f"unknown conversation fields: {', '.join(sorted(unknown))}")
+        _check_fields(changes)
         if "params" in changes:
             changes["params"] = json.dumps(changes["params"])
         if "starred" in changes:
@@ -195,6 +232,7 @@ class Store:
         unknown = set(details) - _MESSAGE_FIELDS
         if unknown:
             raise TypeError(f"unknown message fields: {', '.join(sorted(unknown))}")
+        _check_fields({"content": content, **details})
         timestamp = now()
         columns = ["conversation_id", "role", "content", "status", "created_at", "updated_at", *details]
         values = [conversation_id, role, content, status, timestamp, timestamp, *details.values()]
@@ -209,6 +247,7 @@ class Store:
         unknown = set(changes) - _MESSAGE_FIELDS
         if unknown:
             raise TypeError(f"unknown message fields: {', '.join(sorted(unknown))}")
+        _check_fields(changes)
         assignments = ", ".join(f"{name} = ?" for name in changes)
         self.db.connection.execute(
             f"UPDATE messages SET {assignments}, updated_at = ? WHERE id = ?", (*changes.values(), now(), message_id)

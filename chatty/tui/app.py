@@ -6,8 +6,10 @@ replies and renders what comes back, and never writes to the store from a widget
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Iterable
@@ -23,12 +25,12 @@ from textual.screen import Screen
 from textual.timer import Timer
 from textual.widgets import Footer, LoadingIndicator
 
-from chatty.chat import Reply
+from chatty.chat import Reply, storage_advice
 from chatty.clipboard import copy_text
 from chatty.config import KeysConfig
 from chatty.errors import ChattyError
 from chatty.inspect import inspect_draft, inspect_message, inspect_reply
-from chatty.text import code_blocks
+from chatty.text import code_blocks, show_controls
 from chatty.tui.screens.code_picker import CodePickerScreen
 from chatty.tui.screens.dialogs import ConfirmScreen, TextInputScreen
 from chatty.tui.screens.finetune import FinetuneScreen
@@ -148,8 +150,20 @@ class ChattyApp(App):
 
     def notify(self, message: str, *, title: str = "", severity="information", timeout=None, markup: bool = True):
         # Messages carry conversation titles, paths and model names, so "[" must stay text; Textual
-        # would parse it as markup and fail on a stray closing tag.
-        return super().notify(message, title=title, severity=severity, timeout=timeout, markup=False)
+        # would parse it as markup and fail on a stray closing tag. The same values may contain escape
+        # sequences, which Textual would pass to the terminal.
+        return super().notify(show_controls(message), title=show_controls(title), severity=severity, timeout=timeout,
+                              markup=False)
+
+    @contextlib.contextmanager
+    def reporting_store_errors(self, action: str):
+        """Turn a failed database write into a notification, so a full disk or a read-only folder never ends the app."""
+        try:
+            yield
+        except sqlite3.Error as error:
+            log.error("could not %s: %s", action, error)
+            self.notify(f"Could not {action}: {error}. {storage_advice(self.services.store)}.", title="Not saved",
+                        severity="error", timeout=15)
 
     # Layout
 
@@ -350,10 +364,12 @@ class ChattyApp(App):
 
         def rename(title: str | None) -> None:
             if title:
-                self.services.store.rename_conversation(conversation_id, title)
+                with self.reporting_store_errors("rename the conversation"):
+                    self.services.store.rename_conversation(conversation_id, title)
                 self.refresh_sidebar()
 
-        self.push_screen(TextInputScreen("Rename conversation", conversation.title), rename)
+        # The box starts with the title's control characters made visible, since an Input shows them raw.
+        self.push_screen(TextInputScreen("Rename conversation", show_controls(conversation.title)), rename)
 
     def action_delete_conversation(self) -> None:
         conversation_id = self._target_conversation()
@@ -368,12 +384,13 @@ class ChattyApp(App):
         async def delete(confirmed: bool | None) -> None:
             if not confirmed:
                 return
-            self.services.store.delete_conversation(conversation_id)
-            log.info("deleted conversation %d", conversation_id)
-            if conversation_id == self.conversation_id:
-                await self.action_new_conversation()
+            with self.reporting_store_errors("delete the conversation"):
+                self.services.store.delete_conversation(conversation_id)
+                log.info("deleted conversation %d", conversation_id)
+                if conversation_id == self.conversation_id:
+                    await self.action_new_conversation()
+                self.notify(f"Deleted '{conversation.title}'.")
             self.refresh_sidebar()
-            self.notify(f"Deleted '{conversation.title}'.")
 
         question = f"Delete '{conversation.title}' and all its messages? This cannot be undone."
         self.push_screen(ConfirmScreen(question), delete)
@@ -402,9 +419,10 @@ class ChattyApp(App):
             self.notify("No conversation to star yet. Send a message first.", severity="warning")
             return
         conversation = self.services.store.get_conversation(conversation_id)
-        self.services.store.update_conversation(conversation_id, starred=not conversation.starred)
+        with self.reporting_store_errors("star the conversation"):
+            self.services.store.update_conversation(conversation_id, starred=not conversation.starred)
+            self.notify(f"{'Unstarred' if conversation.starred else 'Starred'} '{conversation.title}'.")
         self.refresh_sidebar()
-        self.notify(f"{'Unstarred' if conversation.starred else 'Starred'} '{conversation.title}'.")
 
     def action_search(self) -> None:
         self.sidebar.remove_class("-hidden")
@@ -431,16 +449,17 @@ class ChattyApp(App):
         def save(settings: ConversationSettings | None) -> None:
             if settings is None:
                 return
-            if self.conversation_id is None:
-                self.conversation_id = chat.new_conversation().id
-            conversation = self.services.store.get_conversation(self.conversation_id)
-            params = {**conversation.params, "temperature": settings.temperature, "top_p": settings.top_p,
-                      "max_tokens": settings.max_tokens}
-            self.services.store.update_conversation(self.conversation_id, system_prompt=settings.system_prompt,
-                                                    params=params)
+            with self.reporting_store_errors("save the settings"):
+                if self.conversation_id is None:
+                    self.conversation_id = chat.new_conversation().id
+                conversation = self.services.store.get_conversation(self.conversation_id)
+                params = {**conversation.params, "temperature": settings.temperature, "top_p": settings.top_p,
+                          "max_tokens": settings.max_tokens}
+                self.services.store.update_conversation(self.conversation_id, system_prompt=settings.system_prompt,
+                                                        params=params)
+                self.notify("Settings saved; they apply from the next reply.")
             self.refresh_sidebar()
             self.update_context_use()
-            self.notify("Settings saved; they apply from the next reply.")
 
         self.push_screen(SettingsScreen(current), save)
 
@@ -464,9 +483,18 @@ class ChattyApp(App):
             event.prompt.put_back(text)
             self.notify("A reply is still streaming. Press Esc to stop it, then send.", severity="warning")
             return
-        self._created_for_reply = self.conversation_id is None
         if self.conversation_id is None:
-            self.conversation_id = self.services.chat.new_conversation().id
+            try:
+                self.conversation_id = self.services.chat.new_conversation().id
+            except sqlite3.Error as error:
+                log.error("could not create a conversation: %s", error)
+                event.prompt.put_back(text)
+                self.notify(f"The message could not be saved: {error}. {storage_advice(self.services.store)}, "
+                            "then send it again.", title="Not saved", severity="error", timeout=15)
+                return
+            self._created_for_reply = True
+        else:
+            self._created_for_reply = False
         self._generating = True
         self._stop_requested = False
         self.set_busy(True)
@@ -561,12 +589,15 @@ class ChattyApp(App):
             assistant.update_details(details)
         else:
             # Nothing was generated: the turn is gone from the store, and the prompt goes back in the box.
+            if assistant is not None:
+                await assistant.finish()  # ends the Markdown stream's task before the widget goes
             for widget in (assistant, user):
                 if widget is not None:
                     await widget.remove()
             self.prompt.put_back(event.prompt)
             if self._created_for_reply and not self.services.store.messages(self.conversation_id):
-                self.services.store.delete_conversation(self.conversation_id)
+                with self.reporting_store_errors("remove the empty conversation"):
+                    self.services.store.delete_conversation(self.conversation_id)
                 self.conversation_id = None
                 await self.chat_view.show_messages([])
         self.notify(str(event.error), title="Reply failed", severity="error", timeout=15)

@@ -10,6 +10,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Label, OptionList
 from textual.widgets.option_list import Option
 
+from chatty.text import show_controls
 from chatty.tui.screens.dialogs import DIALOG_CSS
 
 
@@ -38,7 +39,7 @@ class CodePickerScreen(ModalScreen[int | None]):
             for index, (language, code) in enumerate(self.blocks):
                 first_line = code.strip().splitlines()[0] if code.strip() else "(empty)"
                 label = f"{index + 1}. [{language or 'text'}] {first_line}"
-                options.append(Option(Text(label, no_wrap=True, overflow="ellipsis"), id=str(index)))
+                options.append(Option(Text(show_controls(label), no_wrap=True, overflow="ellipsis"), id=str(index)))
             yield OptionList(*options)
 
     def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:

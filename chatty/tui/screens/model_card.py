@@ -17,6 +17,7 @@ from chatty.models.adapters import AdapterInfo
 from chatty.models.card import AdapterCard, ModelCard, adapter_card, model_card
 from chatty.models.catalog import ModelInfo
 from chatty.runtime import Runtime
+from chatty.text import show_controls
 from chatty.tui.screens.dialogs import DIALOG_CSS
 from chatty.tui.threads import call_soon
 
@@ -97,13 +98,15 @@ class ModelCardScreen(ModalScreen[None]):
         options.add_option(Option(Text("Models", style="bold"), disabled=True))
         for model in models:
             mark = "● " if choice and choice.model == model.id else "  "
-            options.add_option(Option(Text(f"{mark}{model.id}", no_wrap=True, overflow="ellipsis"), id=MODEL_PREFIX + model.id))
+            label = show_controls(f"{mark}{model.id}")
+            options.add_option(Option(Text(label, no_wrap=True, overflow="ellipsis"), id=MODEL_PREFIX + model.id))
         options.add_option(Option(Text("Adapters", style="bold"), disabled=True))
         if not adapters:
             options.add_option(Option(Text("  none yet", style="dim"), disabled=True))
         for adapter in adapters:
             mark = "● " if choice and choice.adapter == adapter.name else "  "
-            options.add_option(Option(Text(f"{mark}{adapter.name}", no_wrap=True, overflow="ellipsis"), id=ADAPTER_PREFIX + adapter.name))
+            label = show_controls(f"{mark}{adapter.name}")
+            options.add_option(Option(Text(label, no_wrap=True, overflow="ellipsis"), id=ADAPTER_PREFIX + adapter.name))
 
         # highlight the loaded model, else the first one
         ids = [options.get_option_at_index(index).id for index in range(options.option_count)]
@@ -139,14 +142,15 @@ class ModelCardScreen(ModalScreen[None]):
         table.add_column(style="bold", no_wrap=True)
         table.add_column(overflow="fold")
         for label, value in card.rows():
-            # Text, not markup: a path or a model name may contain "[".
-            table.add_row(Text(label), Text(value))
+            # Text, not markup: a path or a model name may contain "[". Values come from file
+            # headers, which may contain escape sequences.
+            table.add_row(Text(label), Text(show_controls(value)))
         self.query_one("#card", Static).update(table)
 
     def _show_error(self, message: str) -> None:
         self.card = None
         self.query_one(LoadingIndicator).display = False
-        self.query_one("#card", Static).update(Text(message, style="bold red"))
+        self.query_one("#card", Static).update(Text(show_controls(message), style="bold red"))
 
     def action_close(self) -> None:
         self.dismiss(None)

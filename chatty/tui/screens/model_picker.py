@@ -16,6 +16,7 @@ from textual.widgets.option_list import Option
 from chatty.models.adapters import AdapterInfo
 from chatty.models.catalog import ModelInfo
 from chatty.runtime import Runtime, RuntimeChoice
+from chatty.text import show_controls
 from chatty.tui.screens.dialogs import DIALOG_CSS
 from chatty.tui.threads import call_soon
 
@@ -99,7 +100,7 @@ class ModelPickerScreen(ModalScreen[Choice | None]):
         model_list.clear_options()
         for model in models:
             label = f"{model.id}  ({model.size_bytes / 1e6:,.0f} MB, {model.source})"
-            model_list.add_option(Option(Text(label, no_wrap=True, overflow="ellipsis"), id=model.id))
+            model_list.add_option(Option(Text(show_controls(label), no_wrap=True, overflow="ellipsis"), id=model.id))
         current = self.current.model if self.current else None
         index = next((i for i, model in enumerate(models) if model.id == current), 0)
         if models:
@@ -146,7 +147,8 @@ class ModelPickerScreen(ModalScreen[Choice | None]):
         adapter_list.add_option(Option("no adapter", id=NO_ADAPTER))
         for adapter in fitting:
             note = "" if adapter.gguf_path else "  (torch only)"
-            adapter_list.add_option(Option(Text(f"{adapter.name}{note}", no_wrap=True, overflow="ellipsis"), id=adapter.name))
+            label = show_controls(f"{adapter.name}{note}")
+            adapter_list.add_option(Option(Text(label, no_wrap=True, overflow="ellipsis"), id=adapter.name))
         names = [NO_ADAPTER] + [adapter.name for adapter in fitting]
         current_adapter = self.current.adapter if self.current and self.current.model == model.id else None
         adapter_list.highlighted = names.index(current_adapter) if current_adapter in names else 0

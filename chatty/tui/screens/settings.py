@@ -11,6 +11,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, TextArea
 
 from chatty.tui.screens.dialogs import DIALOG_CSS
+from chatty.tui.widgets.text_area import ControlSafeTextArea
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,7 @@ class SettingsScreen(ModalScreen[ConversationSettings | None]):
     def compose(self) -> ComposeResult:
         with Vertical():
             yield Label("System prompt (empty: the model's default)")
-            yield TextArea(self.settings.system_prompt, id="system_prompt", soft_wrap=True)
+            yield ControlSafeTextArea(self.settings.system_prompt, id="system_prompt", soft_wrap=True)
             for name, label, _, _, _ in _NUMBER_FIELDS:
                 with Horizontal(classes="row"):
                     yield Label(label)

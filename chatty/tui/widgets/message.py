@@ -17,6 +17,19 @@ from textual.widgets.markdown import MarkdownStream
 
 from chatty.text import show_controls
 
+# A message longer than this shows only its start, because laying out a 1 MB message held the event
+# loop for seconds (Textual 8.2 on 2 CPU cores). The whole text stays in the store and in
+# MessageView.text, where copying reads it.
+DISPLAY_MAX_CHARACTERS = 20_000
+
+
+def displayed(text: str) -> str:
+    """Return the part of a message that is shown, with control characters made visible."""
+    if len(text) <= DISPLAY_MAX_CHARACTERS:
+        return show_controls(text)
+    hidden = len(text) - DISPLAY_MAX_CHARACTERS
+    return show_controls(text[:DISPLAY_MAX_CHARACTERS]) + f"\n\n… {hidden:,} more characters are not shown."
+
 
 @dataclass
 class ReplyDetails:
@@ -89,9 +102,9 @@ class UserMessage(MessageView):
         return "you"
 
     def compose(self) -> ComposeResult:
-        yield Static(Text(self.header_text()), classes="header")
+        yield Static(Text(show_controls(self.header_text())), classes="header")
         # Text, not markup or Markdown: what the user typed is shown exactly.
-        yield Static(Text(show_controls(self.text)), classes="body")
+        yield Static(Text(displayed(self.text)), classes="body")
 
 
 class AssistantMessage(MessageView):
@@ -117,8 +130,8 @@ class AssistantMessage(MessageView):
         return self.details.describe()
 
     def compose(self) -> ComposeResult:
-        yield Static(Text(self.header_text()), classes="header")
-        yield Markdown(show_controls(self.text))
+        yield Static(Text(show_controls(self.header_text())), classes="header")
+        yield Markdown(displayed(self.text))
 
     @property
     def markdown(self) -> Markdown:
@@ -126,7 +139,7 @@ class AssistantMessage(MessageView):
 
     def update_details(self, details: ReplyDetails) -> None:
         self.details = details
-        self.query_one(".header", Static).update(Text(self.header_text()))
+        self.query_one(".header", Static).update(Text(show_controls(self.header_text())))
         self.set_class(details.status == "error", "-error")
 
     def start_stream(self) -> None:
@@ -144,4 +157,4 @@ class AssistantMessage(MessageView):
         if self._stream is not None:
             await self._stream.stop()
             self._stream = None
-        await self.markdown.update(show_controls(self.text))
+        await self.markdown.update(displayed(self.text))

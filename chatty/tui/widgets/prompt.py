@@ -7,10 +7,17 @@ from dataclasses import dataclass
 from textual import events
 from textual.binding import Binding
 from textual.message import Message
-from textual.widgets import TextArea
+from textual.widgets.text_area import Edit, EditResult
+
+from chatty.tui.widgets.text_area import ControlSafeTextArea
+
+# Above this many characters the prompt stops wrapping lines. Textual 8's TextArea wraps a whole line
+# again on every edit, and one pasted line of 1 MB held the event loop for about 2 s per keystroke
+# (Textual 8.2 on 2 CPU cores).
+SOFT_WRAP_MAX_CHARACTERS = 20_000
 
 
-class PromptInput(TextArea):
+class PromptInput(ControlSafeTextArea):
     """A multi-line input whose Enter key sends the text instead of breaking the line."""
 
     BINDINGS = [
@@ -49,6 +56,25 @@ class PromptInput(TextArea):
             for key in keymap.get(binding.id, binding.key).split(","):
                 actions[key.strip()] = binding.action
         return actions
+
+    def edit(self, edit: Edit) -> EditResult:
+        # Wrapping stops before a large text arrives, since wrapping it once would already stall.
+        if self.soft_wrap and len(self.text) + len(edit.text) > SOFT_WRAP_MAX_CHARACTERS:
+            self.soft_wrap = False
+        result = super().edit(edit)
+        self._wrap_if_short()
+        return result
+
+    def load_text(self, text: str) -> None:
+        if len(text) > SOFT_WRAP_MAX_CHARACTERS:
+            self.soft_wrap = False
+        super().load_text(text)
+        self._wrap_if_short()
+
+    def _wrap_if_short(self) -> None:
+        """Turn wrapping back on once the text is short enough, so that a long text is never wrapped."""
+        if not self.soft_wrap and len(self.text) <= SOFT_WRAP_MAX_CHARACTERS:
+            self.soft_wrap = True
 
     def action_send(self) -> None:
         """Post the text and clear the box at once, so keys typed next start a new prompt."""

@@ -6,6 +6,8 @@ from rich.text import Text
 from textual.reactive import reactive
 from textual.widgets import Static
 
+from chatty.text import show_controls
+
 
 class StatusLine(Static):
     """One line under the prompt that describes the runtime and the last reply."""
@@ -30,5 +32,5 @@ class StatusLine(Static):
             parts.append(f"context {used}/{self.context_size}")
         if self.activity:
             parts.append(self.activity)
-        # Text, not markup: a model or adapter name may contain "[".
-        return Text(" · ".join(parts))
+        # Text, not markup: a model or adapter name may contain "[", and control characters.
+        return Text(show_controls(" · ".join(parts)))
