@@ -50,11 +50,20 @@ def fill_disk(database_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(chat, "SAVE_INTERVAL_SECONDS", 0.0)
 
 
-def make_read_only(database: Database, monkeypatch) -> None:
-    """Make every write through chatty's connections fail, on those open now and those opened later."""
-    for connection in database.open_connections:
+def make_read_only(monkeypatch) -> None:
+    """Make every write through chatty's connections fail from now on.
+
+    The pragma is set each time a connection is handed out, so a connection that a worker thread
+    was still opening when the test switched fails its writes too.
+    """
+    handed_out = Database.connection
+
+    def read_only_connection(self):
+        connection = handed_out.fget(self)
         connection.execute("PRAGMA query_only = ON")
-    apply_to_new_connections(monkeypatch, "PRAGMA query_only = ON")
+        return connection
+
+    monkeypatch.setattr(Database, "connection", property(read_only_connection))
 
 
 def read_messages(database_path: Path) -> list[sqlite3.Row]:
@@ -135,7 +144,7 @@ async def test_tui_read_only_database(chatty_home, database_path, monkeypatch):
     async with app.run_test(size=SIZE) as pilot:
         await wait_for_model(pilot, app)
         assert app.conversation_id == kept.id
-        make_read_only(app.services.store.db, monkeypatch)
+        make_read_only(monkeypatch)
         expected = (f"The message could not be saved: attempt to write a readonly database. Free disk space or make "
                     f"{chatty_home} writable, then send it again.")
 

@@ -56,7 +56,7 @@ def test_user_text_stays_plain(capsys):
 
 
 def test_table_reads_stdin(capsys, monkeypatch):
-    monkeypatch.setattr(sys, "stdin", io.StringIO("one\ttwo\n"))
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"one\ttwo\n"), encoding="utf-8"))
     status = main(["tokenize"])
     lines = capsys.readouterr().out.splitlines()
 
