@@ -6,7 +6,8 @@ import time
 
 from benchmarks.common import Record, median, ratio_record
 from chatty.backends.base import GenerationParams, LoadOptions
-from chatty.backends.llama import LlamaBackend, default_threads
+from chatty.backends.base import available_cores
+from chatty.backends.llama import LlamaBackend
 from chatty.models.catalog import ModelCatalog
 
 PROMPT = "Write a long story about a lighthouse keeper who learns to paint. Use many details."
@@ -53,7 +54,7 @@ def run(quick: bool, runs: int) -> list[Record]:
 
     max_tokens = 32 if quick else 256
     model = ModelCatalog().default()
-    threads = default_threads()
+    threads = available_cores()
     backend = LlamaBackend(LoadOptions(n_ctx=N_CTX, threads=threads))
     backend.load(model)
     llm = llama_cpp.Llama(model_path=str(model.path), n_ctx=N_CTX, n_threads=threads, n_threads_batch=threads, verbose=False)

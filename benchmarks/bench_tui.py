@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import tempfile
 import time
 
 from benchmarks.common import Record, median, ratio_record
-from chatty.backends.base import GenerationParams
+from chatty.backends.base import GenerationParams, available_cores
 
 SPEED_PROMPT = "Write a long story about a lighthouse keeper who learns to paint. Use many details."
 MARKDOWN_PROMPT = (
@@ -16,8 +18,18 @@ MARKDOWN_PROMPT = (
 
 
 def _services(max_tokens: int):
+    """Return services on a new, empty data folder.
+
+    The app opens the newest conversation at start, so a shared folder would make each run continue
+    the previous run's conversation, with its longer prompt and its stored max_tokens.
+    """
     from chatty.cli import Services
     from chatty.config import Config, resolve_paths
+
+    # Beside the current data folder, so the scratch folder of benchmarks.run removes it at the end.
+    current = os.environ.get("CHATTY_HOME")
+    scratch = os.path.dirname(current) if current else None
+    os.environ["CHATTY_HOME"] = tempfile.mkdtemp(prefix="chatty-bench-tui-", dir=scratch)
 
     config = Config()
     config.generation.temperature = 0.0
@@ -97,12 +109,18 @@ async def _measure_keys(app) -> list[float]:
 
 def _backend_alone(prompt: str, max_tokens: int) -> float:
     services = _services(max_tokens)
+    # The same threads as in the app, which leaves one core to its event loop.
+    services.runtime.reserve_interface_core = True
     backend = services.runtime.load()
     backend.llm.reset()
     generation = backend.generate([{"role": "user", "content": prompt}], GenerationParams(0.0, 1.0, max_tokens))
     generation.text()
     services.close()
     return generation.stats.tokens_per_second
+
+
+def _interface_threads() -> int:
+    return max(1, available_cores() - 1)
 
 
 def render_cost_ratio(appends: list[tuple[int, float]]) -> tuple[float, float, float]:
@@ -139,7 +157,8 @@ def run(quick: bool, runs: int) -> list[Record]:
     note = f"{stored.completion_tokens} tokens, {code_blocks} code blocks, {len(latencies)} key presses"
     return [
         Record("TUI: tokens/s while streaming into the app", median(app_speed), "tok/s", app_speed,
-               note=f"{speed_tokens} tokens greedy, headless app"),
+               note=f"{speed_tokens} tokens greedy, headless app, llama.cpp on {_interface_threads()} threads "
+                    f"of {available_cores()} cores, one left to the event loop"),
         Record("TUI: backend alone tokens/s", median(alone_speed), "tok/s", alone_speed),
         ratio_record("TUI: app / backend alone tokens/s", app_speed, alone_speed, 0.95),
         Record("TUI: key-press latency p95 while a Markdown reply streams", p95, "ms", latencies, "< 50",

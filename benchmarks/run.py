@@ -23,14 +23,24 @@ from benchmarks.common import Record, machine
 ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS = ("llama", "torch", "tui", "startup", "history", "finetune", "adapters")
 
+TORCH_BOUND = (
+    "Both spend the time in the same forward passes, which are memory-bound: about 540 MB of float32 "
+    "weights are read per token, and 1 and 2 threads give the same speed. The ratio is 1.0 within "
+    "run-to-run noise."
+)
+
 # What bounds each figure that can miss its target, for the table's notes.
 BOUNDS = {
     "llama.cpp: chatty / llama-cpp-python tokens/s": (
         "Both spend the time in the same llama.cpp decode calls; the difference is per-token Python work "
         "(end-of-generation check, byte decoding, cancel check) and run-to-run noise on a shared machine."
     ),
+    "PyTorch (1 threads): chatty / generate() tokens/s": TORCH_BOUND,
+    "PyTorch (2 threads): chatty / generate() tokens/s": TORCH_BOUND,
     "TUI: app / backend alone tokens/s": (
-        "On 2 cores, llama.cpp's 2 threads share the CPU with the event loop that renders the reply."
+        "The event loop renders Markdown in Python while the generation thread needs the GIL back after "
+        "every llama.cpp decode call, so rendering delays each token. In one trial, a 1 ms GIL switch "
+        "interval (sys.setswitchinterval) gained under 10%, within the run-to-run noise."
     ),
     "Fine-tuning: chatty / HF Trainer real tokens/s": (
         "The gain comes from padding: grouping by length removes most pad tokens, so the ratio grows "

@@ -56,7 +56,7 @@ class ModelConfig:
         4096, "Context window in tokens. 0: the model's training context.", minimum=0,
         rule=(lambda value: value == 0 or value >= 256, "0 or at least 256"),
     )
-    threads: int = _option(0, "CPU threads for llama.cpp. 0: one per available core.", minimum=0)
+    threads: int = _option(0, "CPU threads for llama.cpp. 0: one per available core, less one in the TUI for the interface.", minimum=0)
     trust_remote_code: list[str] = _option(
         [], "Ids of Hugging Face model folders allowed to run Python code they ship (transformers' trust_remote_code). "
         "Empty: none. Add only models whose code you have read."

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from chatty.backends import Backend, LoadOptions, create_backend
+from chatty.backends.base import available_cores
 from chatty.config import Config
 from chatty.errors import ModelError
 from chatty.models.adapters import AdapterCatalog, AdapterInfo
@@ -39,12 +40,20 @@ class Runtime:
         self.cache_dir = cache_dir
         self.adapters = AdapterCatalog(adapters_dir) if adapters_dir is not None else None
         self.backend: Backend | None = None
+        # Set by the TUI. With threads = 0, llama.cpp then leaves one core to the event loop, because
+        # its worker threads wait for each other at every layer, and one that loses its core to
+        # rendering stalls them all. On a 2-core AMD EPYC the app streamed 55-78 tok/s on 2 threads
+        # and 110-125 tok/s on 1 (benchmarks/bench_tui.py, 256 tokens).
+        self.reserve_interface_core = False
         self._lock = threading.Lock()
 
     @property
     def options(self) -> LoadOptions:
         model = self.config.model
-        return LoadOptions(n_ctx=model.n_ctx, threads=model.threads, dtype=model.dtype, cache_dir=self.cache_dir,
+        threads = model.threads
+        if not threads and self.reserve_interface_core:
+            threads = max(1, available_cores() - 1)
+        return LoadOptions(n_ctx=model.n_ctx, threads=threads, dtype=model.dtype, cache_dir=self.cache_dir,
                            trust_remote_code=tuple(model.trust_remote_code))
 
     @property

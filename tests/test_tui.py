@@ -41,6 +41,17 @@ async def test_reply_streams_in_steps():
     app.services.close()
 
 
+async def test_model_leaves_interface_a_core():
+    from chatty.backends.base import available_cores
+
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for_model(pilot, app)
+        assert app.services.runtime.options.threads == max(1, available_cores() - 1)
+        assert app.services.runtime.backend.llm.n_threads == max(1, available_cores() - 1)
+    app.services.close()
+
+
 async def test_escape_stops_long_reply():
     app = make_app(generation__max_tokens=3000)
     async with app.run_test(size=SIZE) as pilot:

@@ -7,6 +7,8 @@ importing this package stays cheap.
 
 from __future__ import annotations
 
+import os
+
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -34,6 +36,14 @@ class GenerationParams:
     top_p: float = 0.9
     max_tokens: int = 1024
     seed: int | None = None
+
+
+def available_cores() -> int:
+    """Return the CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS and Windows have no sched_getaffinity
+        return os.cpu_count() or 1
 
 
 @dataclass(frozen=True)

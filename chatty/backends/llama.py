@@ -6,14 +6,13 @@ import contextlib
 import ctypes
 import io
 import logging
-import os
 import random
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from chatty.backends.base import Backend, Generation, GenerationParams, LoadOptions, Message, Clock
+from chatty.backends.base import Backend, Clock, Generation, GenerationParams, LoadOptions, Message, available_cores
 from chatty.backends.candidates import DEFAULT_TOP_K, TokenCandidates, candidates_from_logits
 from chatty.backends.decoding import ByteDecoder
 from chatty.backends.tokens import TokenPiece, bytes_to_piece
@@ -89,13 +88,6 @@ def _load_failure(path: Path, architecture: str, native_errors: list[str], error
     return ModelError(f"llama.cpp could not load {path} (architecture '{architecture}'): {reason}. See the log for details.")
 
 
-def default_threads() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS and Windows have no sched_getaffinity
-        return os.cpu_count() or 1
-
-
 class LlamaBackend(Backend):
     name = "llama"
 
@@ -121,7 +113,7 @@ class LlamaBackend(Backend):
         import llama_cpp
 
         _route_native_logs()
-        threads = self.options.threads or default_threads()
+        threads = self.options.threads or available_cores()
         started = time.perf_counter()
         # verbose=True stops llama-cpp-python from redirecting file descriptors 1 and 2 while it
         # loads, which would swallow the TUI's output; its Python-level prints go to the log.

@@ -210,6 +210,7 @@ class ChattyApp(App):
         else:
             await self.chat_view.show_messages([])
         self.prompt.focus()
+        self.services.runtime.reserve_interface_core = True
         self.load_model(self.initial_model, self.initial_backend)
         _freeze_long_lived_objects()
 
