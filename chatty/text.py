@@ -20,18 +20,21 @@ def _escape(match: re.Match) -> str:
     return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
 
 
+def _control_picture(code: int) -> str:
+    """Return one visible character for a control character: its control picture, else U+FFFD."""
+    if code < 0x20:
+        return chr(0x2400 + code)
+    if code == 0x7F:
+        return "\u2421"
+    return "\ufffd"
+
+
 def show_controls(text: str) -> str:
     """Replace control characters with their Unicode control pictures (␛ for ESC), for the TUI."""
 
     def picture(match: re.Match) -> str:
         code = ord(match[0])
-        if code < 0x20:
-            return chr(0x2400 + code)
-        if code == 0x7F:
-            return "\u2421"
-        if code > 0xFF:
-            return f"<U+{code:04X}>"
-        return "\ufffd"
+        return f"<U+{code:04X}>" if code > 0xFF else _control_picture(code)
 
     return _CONTROL.sub(picture, text)
 
@@ -42,16 +45,7 @@ def show_controls_in_place(text: str) -> str:
     Text areas need this: their cursor and selection are character positions in the unchanged text.
     C0 controls and DEL get their control pictures; C1 controls and bidi characters get U+FFFD.
     """
-
-    def picture(match: re.Match) -> str:
-        code = ord(match[0])
-        if code < 0x20:
-            return chr(0x2400 + code)
-        if code == 0x7F:
-            return "\u2421"
-        return "\ufffd"
-
-    return _CONTROL.sub(picture, text)
+    return _CONTROL.sub(lambda match: _control_picture(ord(match[0])), text)
 
 
 def code_blocks(markdown: str) -> list[tuple[str, str]]:

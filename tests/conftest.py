@@ -44,3 +44,15 @@ def llama_backend(embedded_model):
 def torch_cache_dir(tmp_path_factory) -> Path:
     """One cache folder for the session, so only the first load of the GGUF converts it."""
     return tmp_path_factory.getbasetemp() / "torch-cache"
+
+
+@pytest.fixture(scope="module")
+def torch_backend(embedded_model, torch_cache_dir):
+    """One PyTorch backend on the embedded model per test module, loaded from the session's cache."""
+    from chatty.backends.base import LoadOptions
+    from chatty.backends.torch import TorchBackend
+
+    backend = TorchBackend(LoadOptions(n_ctx=2048, cache_dir=torch_cache_dir))
+    backend.load(embedded_model)
+    yield backend
+    backend.close()

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from chatty.backends.base import GenerationParams, LoadOptions
+from chatty.backends.base import GenerationParams
 from chatty.backends.tokens import joined_text
 from chatty.errors import ContextOverflow
 
@@ -14,16 +14,6 @@ MUSIC = "What is the best way to learn music?"
 COLORS = [{"role": "user", "content": "Name three colors."}]
 STORY = [{"role": "user", "content": "Write a short story about a cat who learns to play the piano."}]
 GREEDY = GenerationParams(temperature=0, max_tokens=40)
-
-
-@pytest.fixture(scope="module")
-def torch_backend(embedded_model, torch_cache_dir):
-    from chatty.backends.torch import TorchBackend
-
-    backend = TorchBackend(LoadOptions(n_ctx=2048, cache_dir=torch_cache_dir))
-    backend.load(embedded_model)
-    yield backend
-    backend.close()
 
 
 @pytest.fixture(params=["llama", "torch"])

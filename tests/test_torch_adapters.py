@@ -8,27 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from chatty.backends.base import LoadOptions
 from chatty.errors import ModelError
 from chatty.models.adapters import PEFT_WEIGHTS, base_model_record, read_adapter, write_metadata
 
 MESSAGES = [{"role": "user", "content": "Name three colors."}]
-
-
-@pytest.fixture(scope="session")
-def torch_cache_dir(tmp_path_factory) -> Path:
-    """The cache folder test_torch_backend.py uses too, so the GGUF is converted once per session."""
-    return tmp_path_factory.getbasetemp() / "torch-cache"
-
-
-@pytest.fixture(scope="module")
-def torch_backend(embedded_model, torch_cache_dir):
-    from chatty.backends.torch import TorchBackend
-
-    backend = TorchBackend(LoadOptions(n_ctx=2048, cache_dir=torch_cache_dir))
-    backend.load(embedded_model)
-    yield backend
-    backend.close()
 
 
 @pytest.fixture(scope="module")

@@ -18,16 +18,6 @@ COLORS = [{"role": "user", "content": "Name three colors."}]
 GREEDY = GenerationParams(temperature=0, max_tokens=20)
 
 
-@pytest.fixture(scope="module")
-def torch_backend(embedded_model, torch_cache_dir):
-    from chatty.backends.torch import TorchBackend
-
-    backend = TorchBackend(LoadOptions(n_ctx=2048, cache_dir=torch_cache_dir))
-    backend.load(embedded_model)
-    yield backend
-    backend.close()
-
-
 def prompt_logits(backend, prompt: list[int]):
     import torch
 

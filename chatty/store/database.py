@@ -63,7 +63,7 @@ def split_statements(script: str) -> list[str]:
 def _enable_wal(connection: sqlite3.Connection) -> None:
     """Switch the file to WAL journaling, waiting up to the busy timeout while others hold a lock.
 
-    When several processes open a new file at once, SQLite (seen with 3.40.1) answers this pragma with
+    When several processes open a new file at once, SQLite (seen with 3.40.1) fails this pragma with
     "database is locked" at once instead of calling the busy handler, so the wait happens here.
     """
     deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000

@@ -361,7 +361,7 @@ class FinetuneScreen(Screen[Choice | None]):
         panel = ABPanel(base, adapter, LoadOptions(n_ctx=options.n_ctx, threads=options.threads, dtype=options.dtype,
                                                    cache_dir=options.cache_dir))
         await self.query_one("#run").mount(panel)
-        # Set last, so whoever waits for the result finds the A/B panel mounted.
+        # Set last, so code that waits for the result finds the A/B panel mounted.
         self.result = finished
 
     def cancel_training(self) -> None:
